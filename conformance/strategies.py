@@ -1,0 +1,103 @@
+"""Every Hypothesis strategy of the project, in one place (tests and the conformance suite use these).
+
+Each draw is labelled with ``note`` so a failing example reads as named values.
+Odd sizes are drawn on purpose: T = 1 and 63, segment_len = 1, non-power-of-two dims.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import note
+from hypothesis import strategies as st
+
+from ..reference import InfiniConfig, init_params
+
+
+def _labelled(draw, label: str, strategy):
+    value = draw(strategy)
+    note(f"{label} = {value!r}")
+    return value
+
+
+def _fixed_or(value, strategy):
+    return st.just(value) if value is not None else strategy
+
+
+@st.composite
+def configs(draw, update=None, rope=None, gate_on=None, first_segment=None, gqa=None, max_segment_len=8):
+    """A small InfiniConfig; pass a value to pin an option (``rope`` is True/False)."""
+    n_kv = _labelled(draw, "n_kv_heads", st.integers(1, 3))
+    group = _labelled(draw, "group_size", _fixed_or(None, st.sampled_from([1, 2, 3])) if gqa is None
+                      else (st.sampled_from([2, 3]) if gqa else st.just(1)))
+    use_rope = _labelled(draw, "rope", _fixed_or(rope, st.booleans()))
+    d_key = _labelled(draw, "d_key", st.sampled_from([2, 4, 6, 8]) if use_rope else st.sampled_from([1, 3, 4, 5, 8]))
+    return InfiniConfig(
+        d_model=_labelled(draw, "d_model", st.sampled_from([1, 3, 5, 8, 12])),
+        n_heads=n_kv * group,
+        n_kv_heads=n_kv,
+        d_key=d_key,
+        d_value=_labelled(draw, "d_value", st.sampled_from([1, 2, 5, 7])),
+        segment_len=_labelled(draw, "segment_len", st.sampled_from([n for n in (1, 2, 3, 4, 5, 8) if n <= max_segment_len])),
+        update=_labelled(draw, "update", _fixed_or(update, st.sampled_from(["linear", "delta"]))),
+        rope_theta=_labelled(draw, "rope_theta", st.sampled_from([10.0, 10000.0])) if use_rope else None,
+        rope_style=_labelled(draw, "rope_style", st.sampled_from(["half", "interleaved"])),
+        gate_on=_labelled(draw, "gate_on", _fixed_or(gate_on, st.sampled_from(["memory", "local"]))),
+        first_segment=_labelled(draw, "first_segment",
+                                _fixed_or(first_segment, st.sampled_from(["gated", "local_only"]))),
+    )
+
+
+@st.composite
+def parameters(draw, config: InfiniConfig):
+    """Random parameters for ``config``; beta drawn per head in [-3, 3]."""
+    seed = _labelled(draw, "param_seed", st.integers(0, 2**31 - 1))
+    params = init_params(config, seed)
+    params["beta"] = np.random.default_rng(seed + 1).uniform(-3.0, 3.0, config.n_heads)
+    return params
+
+
+@st.composite
+def stream_lengths(draw, config: InfiniConfig, max_segments: int = 4):
+    """T: odd ones (1, 63), exact multiples of N, and anything up to ``max_segments`` segments plus a partial."""
+    N = config.segment_len
+    return _labelled(draw, "T", st.one_of(st.sampled_from([1, 63, N, 2 * N]),
+                                          st.integers(1, max_segments * N + N - 1)))
+
+
+@st.composite
+def inputs(draw, config: InfiniConfig, T: int):
+    """x (B, T, D), float64, unit scale."""
+    B = _labelled(draw, "B", st.integers(1, 3))
+    seed = _labelled(draw, "x_seed", st.integers(0, 2**31 - 1))
+    return np.random.default_rng(seed).standard_normal((B, T, config.d_model))
+
+
+@st.composite
+def splits(draw, T: int):
+    """Chunk sizes summing to T: one call, token by token, or random cuts (empty chunks included)."""
+    kind = _labelled(draw, "split_kind", st.sampled_from(["whole", "tokens", "random"]))
+    if kind == "whole":
+        return [T]
+    if kind == "tokens":
+        return [1] * T
+    cuts = sorted(draw(st.lists(st.integers(0, T), max_size=6)))
+    sizes = [b - a for a, b in zip([0] + cuts, cuts + [T])]
+    note(f"split = {sizes}")
+    return sizes
+
+
+@dataclass
+class Case:
+    config: InfiniConfig
+    params: dict
+    x: np.ndarray
+    split: list[int]
+
+
+@st.composite
+def cases(draw, max_segments: int = 4, **config_kwargs):
+    """A whole test case: config, parameters, input stream and its split into calls."""
+    config = draw(configs(**config_kwargs))
+    T = draw(stream_lengths(config, max_segments))
+    return Case(config, draw(parameters(config)), draw(inputs(config, T)), draw(splits(T)))

@@ -1,0 +1,119 @@
+"""Configuration of one Infini-attention layer and of the Infini-Transformer LM (SPEC.md §2, §9)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+UPDATES = ("linear", "delta")
+ROPE_STYLES = ("half", "interleaved")
+GATE_ON = ("memory", "local")
+FIRST_SEGMENT = ("gated", "local_only")
+
+
+def _require(ok: bool, name: str, expected: str, actual) -> None:
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, got {actual!r}")
+
+
+def _positive_int(name: str, value) -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             name, "an integer >= 1", value)
+
+
+@dataclass(frozen=True)
+class InfiniConfig:
+    """Every option of SPEC.md §2; defaults are the paper's choices."""
+
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_key: int
+    d_value: int
+    segment_len: int
+    update: str = "linear"
+    rope_theta: float | None = None
+    rope_style: str = "half"
+    eps: float = 1e-6
+    scale: float | None = None
+    gate_on: str = "memory"
+    first_segment: str = "gated"
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "n_kv_heads", "d_key", "d_value", "segment_len"):
+            _positive_int(name, getattr(self, name))
+        _require(self.n_heads % self.n_kv_heads == 0, "n_heads",
+                 f"a multiple of n_kv_heads={self.n_kv_heads}", self.n_heads)
+        _require(self.update in UPDATES, "update", f"one of {UPDATES}", self.update)
+        _require(self.rope_style in ROPE_STYLES, "rope_style", f"one of {ROPE_STYLES}", self.rope_style)
+        _require(self.gate_on in GATE_ON, "gate_on", f"one of {GATE_ON}", self.gate_on)
+        _require(self.first_segment in FIRST_SEGMENT, "first_segment",
+                 f"one of {FIRST_SEGMENT}", self.first_segment)
+        if self.rope_theta is not None:
+            _require(_finite_positive(self.rope_theta), "rope_theta", "None or a finite number > 0",
+                     self.rope_theta)
+            _require(self.d_key % 2 == 0, "d_key", "an even number when rope_theta is set (RoPE rotates pairs)",
+                     self.d_key)
+        _require(_finite_positive(self.eps), "eps", "a finite number > 0", self.eps)
+        if self.scale is not None:
+            _require(_finite_positive(self.scale), "scale", "None or a finite number > 0", self.scale)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (SPEC.md §3)."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def attn_scale(self) -> float:
+        """The local-attention scale actually used: `scale`, or 1/sqrt(d_key) (SPEC.md §5)."""
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.d_key)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InfiniConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, "config", f"only the fields {sorted(known)}", unknown)
+        return cls(**data)
+
+    def replace(self, **changes) -> "InfiniConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The minimal Infini-Transformer language model of SPEC.md §9."""
+
+    vocab_size: int
+    n_layers: int
+    d_ff: int
+    attn: InfiniConfig
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layers", "d_ff"):
+            _positive_int(name, getattr(self, name))
+        _require(isinstance(self.attn, InfiniConfig), "attn", "an InfiniConfig", type(self.attn).__name__)
+        _require(_finite_positive(self.norm_eps), "norm_eps", "a finite number > 0", self.norm_eps)
+
+    @property
+    def d_model(self) -> int:
+        return self.attn.d_model
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["attn"] = self.attn.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LMConfig":
+        data = dict(data)
+        _require("attn" in data, "config", "an 'attn' entry", sorted(data))
+        data["attn"] = InfiniConfig.from_dict(data["attn"])
+        return cls(**data)
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
