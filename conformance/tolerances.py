@@ -36,6 +36,14 @@ STATE_TOLERANCES: dict[str, Tolerance] = {
     "float16": Tolerance(2e-3, 5e-3, "float32 state, but written from keys and values computed in float16"),
 }
 
+# Gradients (conformance "gradients"): compared with the torch implementation's float64 autograd.
+GRAD_TOLERANCES: dict[str, Tolerance] = {
+    "float64": Tolerance(1e-8, 1e-8, "float64 backward; the memory ratio's derivative divides by sigma(q).z"),
+    "float32": Tolerance(1e-4, 2e-4, "float32 backward: softmax and 1/(sigma(q).z) derivatives amplify rounding"),
+    "bfloat16": Tolerance(5e-2, 1e-1, "bfloat16 activations in the backward pass, float32 memory"),
+    "float16": Tolerance(1e-2, 2e-2, "float16 activations in the backward pass, float32 memory"),
+}
+
 
 @dataclass(frozen=True)
 class Comparison:

@@ -1,0 +1,226 @@
+"""Passkey accuracy through the EXPORTED ONNX model in ONNX Runtime, streamed segment by segment.
+
+    python -m examples.passkey.evaluate                      # both checkpoints, the full table
+    python -m examples.passkey.evaluate --update delta --lengths 256,2048 --samples 20
+
+For each checkpoint the model is exported twice with `infini_attention.export.export` (each
+export self-checks the ONNX graph against the NumPy reference): as trained, and as the
+memory-off control (every gate beta forced to -30, so sigmoid(beta) ~ 1e-13 and the output is
+the local-attention branch). Each cell of the table streams ``samples`` documents (one batch)
+through an `InfiniSession`: the prompt is generated and fed chunk by chunk (ORT runs one call per
+segment; the state is M, z and the pending keys/values, constant in size), then the answer is
+decoded greedily, token by token (5 calls). A sample is correct when all 5 digits are.
+
+Writes ``results/eval.json`` (every cell, with timings and the command) and ``results/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import data
+from .model import (CHECKPOINT_DIR, HERE, MEMORY_OFF_BETA, checkpoint_path, load_checkpoint, memory_off,
+                    state_bytes)
+
+RESULTS_DIR = HERE / "results"
+ONNX_DIR = HERE.parents[1] / "artifacts" / "passkey"  # artifacts/ is git-ignored
+DEPTHS = {"start": 0.0, "middle": 0.5, "end": 1.0}
+FEED_CHUNK = 4096  # tokens generated and handed to the session per feed() (it runs one call per segment)
+
+
+def export_onnx(ckpt: Path, control: bool = False, out_dir: Path = ONNX_DIR) -> Path:
+    """Export the checkpoint (or its memory-off control) to ONNX; cached by the checkpoint's mtime."""
+    from infini_attention.export import export
+
+    config, params, _ = load_checkpoint(ckpt)
+    if control:
+        params = memory_off(params)
+    out = Path(out_dir) / f"{ckpt.stem}{'_memoff' if control else ''}.onnx"
+    if out.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export(config, {k: v.astype(np.float64) for k, v in params.items()}, out)
+    return out
+
+
+def open_session(onnx_path: Path, batch: int, threads: int | None = None):
+    from infini_attention.export import InfiniSession
+
+    return InfiniSession(onnx_path, provider="cpu", batch=batch, intra_op_threads=threads)
+
+
+def stream_docs(session, docs: list, progress=None) -> np.ndarray:
+    """Feed the prompts of ``docs`` (same length) chunk by chunk, then decode 5 tokens greedily.
+
+    Returns the decoded tokens (B, 5). The session is reset first."""
+    length = docs[0].length
+    assert all(d.length == length for d in docs)
+    session.reset(len(docs))
+    pos = 0
+    while pos < length:
+        stop = min(length, pos + FEED_CHUNK)
+        session.feed(np.stack([d.chunk(pos, stop) for d in docs]), outputs="none")
+        if progress is not None:
+            progress.update(stop - pos)
+        pos = stop
+    return session.generate(data.N_DIGITS)
+
+
+def evaluate_cell(session, length: int, depth: float, samples: int, seed: int, progress=None,
+                  question_offset: int | None = 0) -> dict:
+    """``samples`` documents of ``length`` tokens (``<s>``, filler, the needle at ``depth``), then the
+    question; ``question_offset`` is the question's offset in its segment (0: it opens a segment,
+    the layout the model was mostly trained on; the prompt is then padded with filler to a segment
+    boundary; None: no padding, the question lands where the document ends)."""
+    rng = np.random.default_rng([seed, length, int(round(depth * 1000))])
+    N = session.segment_len
+    prompt_len = length + 1
+    if question_offset is not None:
+        prompt_len = -(-length // N) * N + question_offset + 1
+    docs = data.make_docs(rng, samples, prompt_len, depth)
+    t0 = time.perf_counter()
+    pred = stream_docs(session, docs, progress)
+    seconds = time.perf_counter() - t0
+    answers = np.stack([d.answer for d in docs])
+    correct = (pred == answers).all(axis=1)
+    d0 = docs[0]
+    return {
+        "length": length, "prompt_length": prompt_len, "depth": depth, "samples": samples, "correct": int(correct.sum()),
+        "accuracy": float(correct.mean()), "digit_accuracy": float((pred == answers).mean()),
+        "key_pos": d0.key_pos, "distance": d0.distance,
+        "in_last_segment": d0.key_pos // session.segment_len == d0.question_pos // session.segment_len,
+        "seconds": round(seconds, 2), "tokens_per_second": round(samples * (length + data.N_DIGITS) / seconds),
+        "examples": [{"passkey": "".join(map(str, d.answer)), "answer": "".join(map(str, p))}
+                     for d, p in zip(docs[:3], pred[:3])],
+    }
+
+
+def parse_lengths(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        mult = 1
+        if part.endswith("k"):
+            part, mult = part[:-1], 1024
+        elif part.endswith("m"):
+            part, mult = part[:-1], 1024 * 1024
+        out.append(int(float(part) * mult))
+    return out
+
+
+def samples_for(length: int, args) -> int:
+    """Fewer samples where a sample costs more (stated in the table)."""
+    if length >= 1_000_000:
+        return args.samples_1m
+    if length >= 100_000:
+        return args.samples_128k
+    return args.samples
+
+
+def fmt_len(n: int) -> str:
+    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)}M"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024}K"
+    return str(n)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--update", choices=["linear", "delta", "both"], default="both")
+    p.add_argument("--checkpoint", type=Path, default=None, help="evaluate this .npz instead (one update)")
+    p.add_argument("--lengths", default=None, help="comma list, e.g. 256,2048,32K,128K,1M "
+                   "(default: training length, 8x, 32K, 128K, 1M)")
+    p.add_argument("--depths", default="start,middle,end")
+    p.add_argument("--samples", type=int, default=50, help="documents per cell (lengths < 100K)")
+    p.add_argument("--samples-128k", type=int, default=20)
+    p.add_argument("--samples-1m", type=int, default=8)
+    p.add_argument("--control-max-len", type=int, default=1 << 20,
+                   help="run the memory-off control up to this length")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "eval.json")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    command = "python -m examples.passkey.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    if args.checkpoint is not None:
+        ckpts = {load_checkpoint(args.checkpoint)[0].attn.update: args.checkpoint}
+    else:
+        updates = ["linear", "delta"] if args.update == "both" else [args.update]
+        ckpts = {u: checkpoint_path(u) for u in updates}
+    depths = {name: DEPTHS[name] for name in args.depths.split(",")}
+    results = {"command": command, "seed": args.seed, "machine": f"{platform.machine()}, {args.threads} threads",
+               "memory_off_beta": MEMORY_OFF_BETA, "models": {}}
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    for update, ckpt in ckpts.items():
+        config, params, meta = load_checkpoint(ckpt)
+        train_len = int(meta.get("train_length", 0)) or 256
+        lengths = parse_lengths(args.lengths) if args.lengths else [train_len, 8 * train_len, 32768, 131072, 1 << 20]
+        entry = {"checkpoint": str(ckpt.relative_to(HERE)) if ckpt.is_relative_to(HERE) else str(ckpt),
+                 "train_length": train_len, "config": config.to_dict(), "state_bytes": state_bytes(config),
+                 "cells": []}
+        for control in (False, True):
+            onnx_path = export_onnx(ckpt, control)
+            runs = [(L, dn) for L in lengths for dn in depths if not (control and L > args.control_max_len)]
+            total = sum(samples_for(L, args) * L for L, _ in runs)
+            bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not args.progress or tqdm is None,
+                       desc=f"{update}{' memory-off' if control else ''}") if tqdm else None
+            for L, dname in runs:
+                n = samples_for(L, args)
+                sess = open_session(onnx_path, n, args.threads)
+                cell = evaluate_cell(sess, L, depths[dname], n, args.seed, bar)
+                cell.update(depth_name=dname, memory="off" if control else "on")
+                entry["cells"].append(cell)
+                msg = (f"{update:6s} memory {'off' if control else 'on ':3s} {fmt_len(L):>6s} {dname:6s} "
+                       f"{cell['correct']:3d}/{n:<3d} = {cell['accuracy']:.2f}  ({cell['seconds']:.0f} s, "
+                       f"{cell['tokens_per_second']:,} tok/s) e.g. {cell['examples'][0]}")
+                (bar.write if bar else print)(msg)
+            if bar:
+                bar.close()
+        results["models"][update] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    md = markdown(results)
+    args.out.with_name("RESULTS.md").write_text(md)
+    print(md)
+    return 0
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Passkey retrieval through ONNX Runtime", "",
+             f"Produced by `{results['command']}` (seed {results['seed']}, {results['machine']}).", "",
+             "Accuracy = all 5 digits right, greedy decoding, streamed segment by segment through the exported",
+             "ONNX model. `memory off`: the same weights with every gate beta set to "
+             f"{results['memory_off_beta']} (local attention only). Cells give correct/samples.", ""]
+    for update, entry in results["models"].items():
+        cells = entry["cells"]
+        lengths = sorted({c["length"] for c in cells})
+        lines += [f"## {update} update (`{entry['checkpoint']}`, training length {entry['train_length']}, "
+                  f"memory state {entry['state_bytes']:,} bytes)", "",
+                  "| memory | depth | " + " | ".join(fmt_len(L) for L in lengths) + " |",
+                  "|---|---|" + "---|" * len(lengths)]
+        for mem in ("on", "off"):
+            for dname in DEPTHS:
+                row = []
+                for L in lengths:
+                    c = next((c for c in cells if c["length"] == L and c["depth_name"] == dname
+                              and c["memory"] == mem), None)
+                    row.append("" if c is None else f"{100 * c['accuracy']:.0f}% ({c['correct']}/{c['samples']})")
+                if any(row):
+                    lines.append(f"| {mem} | {dname} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

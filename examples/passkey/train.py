@@ -1,0 +1,208 @@
+"""Train a small Infini-Transformer on passkey retrieval, from scratch, on CPU.
+
+    python -m examples.passkey.train --update delta      # ~7 min on 2 cores
+    python -m examples.passkey.train --update linear
+
+Each step is one batch of documents of a random length (``--min-len`` .. ``--max-len`` prompt
+tokens), forwarded in ONE call of ``InfiniTransformerLM``: the segments are processed in order
+and the loss back-propagates through the compressive memory across all of them (full BPTT, the
+paper's setting). The loss is cross-entropy on the 5 answer digits, plus ``--lm-weight`` times
+the next-token loss on the predictable tokens (filler and markers).
+
+The checkpoint (``checkpoints/passkey_{update}.npz``, float32) and a training log
+(``results/train_{update}.json``) are written at the end; everything is seeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from infini_attention.torch_impl import InfiniTransformerLM
+
+from . import data
+from .model import HERE, checkpoint_path, default_config, save_checkpoint
+
+RESULTS_DIR = HERE / "results"
+
+
+def build_model(config, seed: int) -> InfiniTransformerLM:
+    torch.manual_seed(seed)
+    return InfiniTransformerLM(config, dtype=torch.float32)
+
+
+def loss_fn(model, tokens, targets, answer_mask, lm_mask, lm_weight: float, states=None):
+    logits, _ = model(tokens, states)  # (B, T, V): one call, BPTT through every segment's memory
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+    ans = ce[answer_mask].mean()
+    # next-token loss on the predictable positions (data.lm_mask): filler, markers, 2nd passkey copy
+    lm = ce[lm_mask].mean() if lm_weight > 0 else ce.new_zeros(())
+    correct = (logits.argmax(-1) == targets)[answer_mask].view(tokens.shape[0], -1).all(dim=1)
+    return ans + lm_weight * lm, ans.detach(), lm.detach(), correct.float().mean()
+
+
+@torch.no_grad()
+def quick_eval(model, rng, length: int, n: int = 32, filler: str = "repeat") -> float:
+    """Teacher-forced exact-match accuracy of the 5 digits at random depths (fast; evaluate.py
+    decodes for real)."""
+    tok, tgt, mask, _ = data.training_batch(rng, n, length, rng.random(n), filler)
+    logits, _ = model(torch.from_numpy(tok))
+    ok = (logits.argmax(-1) == torch.from_numpy(tgt))[torch.from_numpy(mask)].view(n, -1).all(1)
+    return ok.float().mean().item()
+
+
+def sample_task(rng, step: int, args):
+    """-> (prompt length L, needle depths (B,), no-grad prefix P).
+
+    Curriculum: the longest graded length grows from ``--start-len`` to ``--max-len`` over the
+    first ``--warm-frac`` of training. With probability ``--long-frac`` the document is made
+    longer by a prefix of P tokens (a multiple of N, up to ``--max-prefix``) that is run without
+    gradient first (truncated BPTT: its memory is carried, detached, into the graded part):
+    the model sees the dilution of long documents at a third of the cost.
+    With probability ``--align-frac`` the length is moved so that the question opens a segment
+    (the evaluation's layout), with probability ``--straddle-frac`` so that the 5-token answer
+    crosses a segment boundary; otherwise it is left uniform. Depths: 10% at 0, 10% at 1, the rest uniform.
+    """
+    N = args.segment_len
+    frac = min(1.0, step / max(1, args.warm_frac * args.steps))
+    hi = int(round(args.start_len + frac * (args.max_len - args.start_len)))
+    L = int(rng.integers(args.min_len, max(args.min_len, hi) + 1))
+    P = 0
+    if args.max_prefix and frac >= 1.0 and rng.random() < args.long_frac:
+        P = N * int(rng.integers(1, args.max_prefix // N + 1))
+    r = rng.random()
+    if r < args.align_frac:  # the question opens a segment: L % N == 1 (see data.py)
+        L = max(args.min_len, L) // N * N + 1
+    elif r < args.align_frac + args.straddle_frac:  # L % N in {N-3, .., N}: the answer crosses a boundary
+        L = max(args.min_len + N, L) // N * N + int(rng.integers(-3, 1))
+    L += P
+    u = rng.random(args.batch)
+    depths = np.where(u < 0.1, 0.0, np.where(u < 0.2, 1.0, rng.random(args.batch)))
+    return L, depths, P
+
+
+def train(args) -> dict:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    eval_rng_seed = args.seed + 1000
+    config = default_config(args.update, args.segment_len, args.d_model, args.n_heads, args.n_layers, args.d_ff)
+    model = build_model(config, args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    warmup = max(1, int(0.03 * args.steps))
+
+    def lr_at(step):
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        p = (step - warmup) / max(1, args.steps - warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    log = {"args": vars(args), "n_params": n_params, "config": config.to_dict(), "history": [], "losses": []}
+    t0 = time.time()
+    try:
+        from tqdm import tqdm
+        bar = tqdm(range(args.steps), desc=f"passkey/{args.update}", disable=not args.progress, mininterval=1.0)
+    except ImportError:  # pragma: no cover
+        bar = range(args.steps)
+    ema = None
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        length, depths, prefix = sample_task(rng, step, args)
+        tok, tgt, mask, docs = data.training_batch(rng, args.batch, length, depths, filler=args.filler)
+        lmm = torch.from_numpy(data.lm_mask(docs, mask))
+        tok, tgt, mask = torch.from_numpy(tok), torch.from_numpy(tgt), torch.from_numpy(mask)
+        states = None
+        if prefix:
+            with torch.no_grad():
+                _, states = model(tok[:, :prefix])
+            tok, tgt, mask, lmm = tok[:, prefix:], tgt[:, prefix:], mask[:, prefix:], lmm[:, prefix:]
+        loss, ans, lm, acc = loss_fn(model, tok, tgt, mask, lmm, args.lm_weight, states)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        cur = np.array([ans.item(), lm.item(), acc.item()])
+        log["losses"].append(round(float(cur[0]), 4))
+        ema = cur if ema is None else 0.98 * ema + 0.02 * cur
+        if hasattr(bar, "set_postfix") and step % 10 == 0:
+            bar.set_postfix(ans=f"{ema[0]:.3f}", lm=f"{ema[1]:.3f}", acc=f"{ema[2]:.2f}", T=length)
+        if (step + 1) % args.log_every == 0 or step == args.steps - 1:
+            rec = {"step": step + 1, "time_s": round(time.time() - t0, 1), "answer_loss": float(ema[0]),
+                   "lm_loss": float(ema[1]), "train_acc": float(ema[2])}
+            if args.eval_len:
+                for mult in (1, 4, 8):  # the question opens a segment, as in evaluate.py
+                    L = mult * args.eval_len + 1
+                    rec[f"val_acc@{L}"] = quick_eval(model, np.random.default_rng(eval_rng_seed), L)
+            log["history"].append(rec)
+            if args.progress and hasattr(bar, "write"):
+                bar.write(json.dumps(rec))
+        if args.time_budget and time.time() - t0 > args.time_budget:
+            log["stopped_early_at"] = step + 1
+            break
+    log["train_time_s"] = round(time.time() - t0, 1)
+    log["model"] = model
+    return log
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--update", choices=["linear", "delta"], default="delta")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--lm-weight", type=float, default=0.1)
+    p.add_argument("--segment-len", type=int, default=32)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--d-ff", type=int, default=128)
+    p.add_argument("--min-len", type=int, default=40, help="shortest prompt (tokens)")
+    p.add_argument("--start-len", type=int, default=96, help="longest prompt at step 0 (curriculum)")
+    p.add_argument("--max-len", type=int, default=256, help="longest prompt: the 'training length'")
+    p.add_argument("--warm-frac", type=float, default=0.3)
+    p.add_argument("--max-prefix", type=int, default=0, help="longest no-grad prefix (tokens; 0: none)")
+    p.add_argument("--long-frac", type=float, default=0.5, help="share of steps with a prefix")
+    p.add_argument("--align-frac", type=float, default=0.5, help="share of steps whose question opens a segment")
+    p.add_argument("--straddle-frac", type=float, default=0.1, help="share of steps whose answer crosses a boundary")
+    p.add_argument("--filler", choices=["repeat", "random"], default="repeat")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=250)
+    p.add_argument("--eval-len", type=int, default=256, help="length of the quick validation (0: none)")
+    p.add_argument("--time-budget", type=float, default=0, help="stop after this many seconds (0: none)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default checkpoints/passkey_{update}.npz)")
+    p.add_argument("--log", type=Path, default=None, help="training log (default results/train_{update}.json)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = train(args)
+    model = log.pop("model")
+    out = args.out or checkpoint_path(args.update)
+    meta = {k: log[k] for k in ("n_params", "train_time_s")}
+    meta["train_length"] = args.max_len + args.max_prefix  # the longest document seen in training
+    meta["command"] = "python -m examples.passkey.train " + " ".join(argv or __import__("sys").argv[1:])
+    meta["final"] = log["history"][-1] if log["history"] else {}
+    save_checkpoint(out, model.config, model.numpy_params(), meta)
+    log_path = args.log or RESULTS_DIR / f"train_{args.update}.json"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in log["args"].items()}
+    log_path.write_text(json.dumps(log, indent=1))
+    print(f"saved {out} ({out.stat().st_size // 1024} KiB) and {log_path}; trained {log['train_time_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Every input and output of the exported graphs, declared once (SPEC.md §14.1).
+
+One ONNX call runs one *piece*: the tokens of the call must lie in one segment,
+``past_len + chunk <= segment_len`` (N). `InfiniSession` cuts any call into such pieces;
+a caller driving ONNX Runtime directly must do the same. Names follow the KV-cache export
+convention (``past_key_values.{i}.key`` in, ``present.{i}.key`` out) with the compressive
+memory alongside (``past_memory.{i}.M`` in, ``present_memory.{i}.M`` out). ``{i}`` is the
+layer, 0 .. n_layers-1 (a single-layer export has i = 0 only). Graph order: the first row,
+``past_segments``, then for each layer key, value, M, z (inputs; outputs likewise).
+
+| name                        | dir | shape                                    | dtype   | meaning |
+|-----------------------------|-----|------------------------------------------|---------|---------|
+| `input_ids`                 | in  | (batch, chunk)                           | int64   | LM: token ids, in [0, vocab_size) |
+| `x`                         | in  | (batch, chunk, d_model)                  | compute | layer: the layer's input |
+| `past_segments`             | in  | ()                                       | int64   | segments completed so far (all layers) |
+| `past_key_values.{i}.key`   | in  | (batch, n_kv_heads, past_len, d_key)     | float32 | keys (before RoPE) of the unfinished segment, past_len = n < N |
+| `past_key_values.{i}.value` | in  | (batch, n_kv_heads, past_len, d_value)   | float32 | values of the unfinished segment |
+| `past_memory.{i}.M`         | in  | (batch, n_kv_heads, d_key, d_value)      | float32 | compressive memory M of the completed segments |
+| `past_memory.{i}.z`         | in  | (batch, n_kv_heads, d_key)               | float32 | its normaliser z (sum of sigma(k)) |
+| `logits`                    | out | (batch, chunk, vocab_size)               | float32 | LM: next-token logits |
+| `y`                         | out | (batch, chunk, d_model)                  | compute | layer: the layer's output |
+| `present_segments`          | out | ()                                       | int64   | past_segments + 1 if the piece completed its segment |
+| `present.{i}.key`           | out | (batch, n_kv_heads, present_len, d_key)  | float32 | present_len = (past_len + chunk) mod N |
+| `present.{i}.value`         | out | (batch, n_kv_heads, present_len, d_value)| float32 | |
+| `present_memory.{i}.M`      | out | (batch, n_kv_heads, d_key, d_value)      | float32 | M, with the segment written if it completed |
+| `present_memory.{i}.z`      | out | (batch, n_kv_heads, d_key)               | float32 | z, likewise |
+
+"compute" is the export dtype: float32 (default) or float16; the state is float32 either way.
+batch, chunk, past_len and present_len are symbolic (dynamic) dims; the others are fixed by
+the model's config, which the file carries in its metadata (`METADATA_KEYS`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..reference import InfiniConfig, LMConfig
+
+SYMBOLIC_DIMS = ("batch", "chunk", "past_len", "present_len")
+STATE_FIELDS = ("key", "value", "M", "z")  # per layer, in graph order
+
+# (name template, direction, dims, dtype, which export: "lm" / "layer" / "both")
+_TABLE = (
+    ("input_ids", "in", ("batch", "chunk"), "int64", "lm"),
+    ("x", "in", ("batch", "chunk", "d_model"), "compute", "layer"),
+    ("past_segments", "in", (), "int64", "both"),
+    ("past_key_values.{i}.key", "in", ("batch", "n_kv_heads", "past_len", "d_key"), "float32", "both"),
+    ("past_key_values.{i}.value", "in", ("batch", "n_kv_heads", "past_len", "d_value"), "float32", "both"),
+    ("past_memory.{i}.M", "in", ("batch", "n_kv_heads", "d_key", "d_value"), "float32", "both"),
+    ("past_memory.{i}.z", "in", ("batch", "n_kv_heads", "d_key"), "float32", "both"),
+    ("logits", "out", ("batch", "chunk", "vocab_size"), "float32", "lm"),
+    ("y", "out", ("batch", "chunk", "d_model"), "compute", "layer"),
+    ("present_segments", "out", (), "int64", "both"),
+    ("present.{i}.key", "out", ("batch", "n_kv_heads", "present_len", "d_key"), "float32", "both"),
+    ("present.{i}.value", "out", ("batch", "n_kv_heads", "present_len", "d_value"), "float32", "both"),
+    ("present_memory.{i}.M", "out", ("batch", "n_kv_heads", "d_key", "d_value"), "float32", "both"),
+    ("present_memory.{i}.z", "out", ("batch", "n_kv_heads", "d_key"), "float32", "both"),
+)
+
+# ONNX metadata_props written by the exporter and checked by the runtime.
+METADATA_KEYS = {
+    "format": "infini_attention.format",  # FORMAT below
+    "kind": "infini_attention.kind",  # "lm" or "layer"
+    "config": "infini_attention.config",  # JSON of LMConfig.to_dict() / InfiniConfig.to_dict()
+    "compute_dtype": "infini_attention.compute_dtype",  # "float32" or "float16"
+    "state_dtype": "infini_attention.state_dtype",  # "float32"
+    "model_id": "infini_attention.model_id",  # sha256 of config + exported weights (16 hex)
+    "spec_version": "infini_attention.spec_version",  # reference.SPEC_VERSION
+    "contract": "infini_attention.contract",  # the one-piece-per-call rule, in words
+    "aliases": "infini_attention.aliases",  # JSON {parameter: initializer} for weights merged on export
+}
+FORMAT = "infini-attention-onnx/1"
+CONTRACT = "each call: past_len + chunk <= segment_len (tokens of one segment); cut longer calls into pieces"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    direction: str  # "in" / "out"
+    dims: tuple  # ints, or names from SYMBOLIC_DIMS
+    dtype: str  # "float32" / "float16" / "int64"
+    layer: int | None  # the layer of a state tensor, else None
+
+    @property
+    def is_state(self) -> bool:
+        return self.layer is not None or self.name.endswith("_segments")
+
+
+def kind_of(config) -> str:
+    if isinstance(config, LMConfig):
+        return "lm"
+    if isinstance(config, InfiniConfig):
+        return "layer"
+    raise ValueError(f"config: expected an LMConfig or an InfiniConfig, got {type(config).__name__}")
+
+
+def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32") -> list[TensorSpec]:
+    """The concrete inputs then outputs of the graph exported for ``config``, in graph order."""
+    kind = kind_of(config)
+    attn = config.attn if kind == "lm" else config
+    n_layers = config.n_layers if kind == "lm" else 1
+    sizes = {"d_model": attn.d_model, "n_kv_heads": attn.n_kv_heads, "d_key": attn.d_key,
+             "d_value": attn.d_value, "vocab_size": getattr(config, "vocab_size", None)}
+    out = []
+    for direction in ("in", "out"):
+        rows = [r for r in _TABLE if r[1] == direction and r[4] in (kind, "both")]
+        plain, per_layer = [r for r in rows if "{i}" not in r[0]], [r for r in rows if "{i}" in r[0]]
+        for layer, group in [(None, plain)] + [(i, per_layer) for i in range(n_layers)]:
+            for name, _, dims, dtype, _ in group:  # graph order: plain rows, then layer 0's, layer 1's, ...
+                dims = tuple(d if d in SYMBOLIC_DIMS else sizes[d] for d in dims)
+                dtype = compute_dtype if dtype == "compute" else dtype
+                out.append(TensorSpec(name.format(i=layer), direction, dims, dtype, layer))
+    return out
+
+
+def inputs(config, compute_dtype="float32") -> list[TensorSpec]:
+    return [s for s in specs(config, compute_dtype) if s.direction == "in"]
+
+
+def outputs(config, compute_dtype="float32") -> list[TensorSpec]:
+    return [s for s in specs(config, compute_dtype) if s.direction == "out"]
+
+
+def present_name(past: str) -> str:
+    """``past_key_values.3.key`` -> ``present.3.key``; ``past_memory.3.M`` -> ``present_memory.3.M``."""
+    return past.replace("past_key_values.", "present.").replace("past_", "present_")
+
+
+def dynamic_axes(config, compute_dtype="float32") -> dict[str, dict[int, str]]:
+    """``{name: {axis: dim name}}`` for torch.onnx.export (symbolic dims only)."""
+    axes = {s.name: {a: d for a, d in enumerate(s.dims) if isinstance(d, str)} for s in specs(config, compute_dtype)}
+    return {n: a for n, a in axes.items() if a}
+
+
+def config_from_json(text: str) -> LMConfig | InfiniConfig:
+    data = json.loads(text)
+    return LMConfig.from_dict(data) if "attn" in data else InfiniConfig.from_dict(data)
+
+
+def markdown_table(config, compute_dtype="float32") -> str:
+    """The table above with every size resolved for ``config`` (for reports and the CLI)."""
+    rows = ["| name | dir | shape | dtype |", "|---|---|---|---|"]
+    for s in specs(config, compute_dtype):
+        rows.append(f"| `{s.name}` | {s.direction} | ({', '.join(map(str, s.dims))}) | {s.dtype} |")
+    return "\n".join(rows)

@@ -1,0 +1,94 @@
+"""`infini export`, `infini stream` and `infini demo` end to end (small sizes)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from infini_attention.export import InfiniSession, preset_config, preset_params
+from infini_attention.export.checkpoint import save_checkpoint
+from infini_attention.export.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "tiny.onnx"
+    assert main(["export", "--preset", "tiny", "-o", str(path)]) == 0
+    return path
+
+
+def test_export_preset_prints_checks(tiny_onnx, capsys, tmp_path):
+    assert main(["export", "--preset", "tiny", "--kind", "layer", "-o", str(tmp_path / "l.onnx"), "--show-io"]) == 0
+    out = capsys.readouterr().out
+    assert "exported layer ->" in out and "self-check: 10 comparisons against the reference passed" in out
+    assert "| `past_memory.0.M` | in | (batch, 2, 8, 6) | float32 |" in out
+
+
+def test_export_from_pytorch_checkpoint(tmp_path, capsys):
+    import torch
+
+    from infini_attention.torch_impl import InfiniTransformerLM
+
+    config = preset_config("tiny")
+    model = InfiniTransformerLM(config, dtype=torch.float32)
+    ckpt = save_checkpoint(tmp_path / "m.pt", config, model)
+    assert main(["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "m.onnx")]) == 0
+    sess = InfiniSession(tmp_path / "m.onnx", provider="cpu")
+    ids = np.arange(20)[None] % config.vocab_size
+    with torch.no_grad():
+        expected, _ = model(torch.as_tensor(ids))
+    from infini_attention.conformance.tolerances import assert_close
+
+    assert_close("logits", sess.feed(ids), expected.numpy(), "float32")
+
+
+def test_stream_generated_save_and_resume(tiny_onnx, tmp_path, capsys):
+    state, report = tmp_path / "state.npz", tmp_path / "r.json"
+    args = ["stream", str(tiny_onnx), "--generate", "5000", "--provider", "cpu", "--no-progress",
+            "--checkpoint-every", "1024", "--save-state", str(state)]
+    assert main(args + ["--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "streamed 5,000 tokens" in out and "tokens/s" in out and "peak memory" in out and "state 9" in out
+    data = json.loads(report.read_text())
+    assert data["position"] == 5000 and [c["position"] for c in data["checkpoints"]][-1] == 5000
+    one_go = InfiniSession(tiny_onnx, provider="cpu")
+    one_go.load_state(state)
+    # the same stream in two runs: 3000 tokens, then resume to 5000
+    assert main(args[:3] + ["3000"] + args[4:]) == 0
+    assert main(args[:3] + ["5000"] + args[4:] + ["--resume", str(state)]) == 0
+    assert "resumed at token 3,000" in capsys.readouterr().out
+    resumed = InfiniSession(tiny_onnx, provider="cpu")
+    resumed.load_state(state)
+    for name, arr in resumed.state().items():
+        np.testing.assert_array_equal(arr, one_go.state()[name], err_msg=name)
+
+
+def test_stream_token_file_failure_keeps_saved_state(tiny_onnx, tmp_path, capsys):
+    ids = np.random.default_rng(0).integers(0, 64, 3000)
+    ids[2500] = 99  # out of range: the stream stops there
+    np.save(tmp_path / "ids.npy", ids)
+    state = tmp_path / "s.npz"
+    code = main(["stream", str(tiny_onnx), "--tokens", str(tmp_path / "ids.npy"), "--no-progress",
+                 "--checkpoint-every", "1000", "--save-state", str(state), "--provider", "cpu"])
+    assert code == 2
+    assert "expected token ids in [0, 64) (vocab_size), got 99" in capsys.readouterr().err
+    sess = InfiniSession(tiny_onnx, provider="cpu")
+    sess.load_state(state)
+    assert sess.position == 2000  # the last checkpoint before the bad token
+
+
+def test_stream_then_generate_and_text_tokens(tiny_onnx, tmp_path, capsys):
+    (tmp_path / "ids.txt").write_text(" ".join(map(str, range(40))))
+    assert main(["stream", str(tiny_onnx), "--tokens", str(tmp_path / "ids.txt"), "--no-progress",
+                 "--then-generate", "5", "--provider", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "streamed 40 tokens" in out and len(out.split("generated:")[1].split()) == 5
+
+
+def test_demo_small_run(tmp_path, capsys):
+    assert main(["demo", "--preset", "tiny", "--tokens", "3000", "--verify-every", "1024", "--out-dir",
+                 str(tmp_path), "--no-progress", "--provider", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4] results" in out and "4 checkpoints verified against PyTorch" in out
+    assert "MISMATCH" not in out

@@ -1,0 +1,163 @@
+"""Clear errors before ONNX Runtime runs, failed exports leave no file, saves are atomic."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from infini_attention.export import ExportError, InfiniSession, export, preset_config, preset_params
+from infini_attention.export import exporter as exporter_mod
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("err")
+    lm, layer = preset_config("tiny"), preset_config("tiny", "layer")
+    export(lm, preset_params(lm, 0), d / "lm.onnx")
+    export(lm, preset_params(lm, 1), d / "lm_other_weights.onnx")
+    export(layer, preset_params(layer, 0), d / "layer.onnx")
+    other = lm.attn.replace(d_key=4)
+    export(type(lm)(lm.vocab_size, lm.n_layers, lm.d_ff, other), preset_params(
+        type(lm)(lm.vocab_size, lm.n_layers, lm.d_ff, other), 0), d / "lm_other_config.onnx")
+    return d
+
+
+def test_token_ids_out_of_range(models):
+    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    with pytest.raises(ValueError, match=r"input_ids: expected token ids in \[0, 64\) \(vocab_size\), got 64 at "
+                                         r"\(row 0, position 2\)"):
+        sess.feed(np.array([[1, 2, 64, 3]]))
+    with pytest.raises(ValueError, match=r"expected token ids in \[0, 64\).*got -1"):
+        sess.feed(np.array([[-1]]))
+    with pytest.raises(ValueError, match=r"input_ids: expected an integer array of shape \(batch=1, T\), got float"):
+        sess.feed(np.zeros((1, 3)))
+    assert sess.position == 0  # nothing ran
+
+
+def test_batch_mismatch_after_stream_started(models):
+    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    sess.feed(np.array([[1, 2]]))
+    with pytest.raises(ValueError, match=r"input_ids: expected batch 1 \(the stream's; reset\(batch=\.\.\.\)"):
+        sess.feed(np.zeros((2, 3), np.int64))
+
+
+def test_chunk_of_wrong_width(models):
+    sess = InfiniSession(models / "layer.onnx", provider="cpu")
+    with pytest.raises(ValueError, match=r"x: expected a float array of shape \(batch=1, T, d_model=16\), got "
+                                         r"float64 \(1, 5, 12\)"):
+        sess.feed(np.zeros((1, 5, 12)))
+    with pytest.raises(ValueError, match="x: expected finite values"):
+        sess.feed(np.full((1, 2, 16), np.nan))
+
+
+def test_state_of_wrong_shape_or_dtype(models):
+    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    sess.feed(np.arange(11))
+    good = sess.state()
+    bad = dict(good, **{"past_memory.1.M": good["past_memory.1.M"].astype(np.float64)})
+    with pytest.raises(ValueError, match=r"state 'past_memory.1.M': expected float32 \(1, 2, 8, 6\) for this model"
+                                         r".*got float64 \(1, 2, 8, 6\)"):
+        sess.set_state(bad)
+    bad = dict(good, **{"past_memory.0.z": good["past_memory.0.z"][..., :4]})
+    with pytest.raises(ValueError, match=r"state 'past_memory.0.z': expected float32 \(1, 2, 8\).*got float32 "
+                                         r"\(1, 2, 4\)"):
+        sess.set_state(bad)
+    bad = dict(good, **{"past_key_values.0.key": np.zeros((1, 2, 8, 8), np.float32)})
+    with pytest.raises(ValueError, match=r"with 0 <= n < segment_len=8, got \(1, 2, 8, 8\)"):
+        sess.set_state(bad)
+    bad = dict(good)
+    del bad["past_key_values.1.value"]
+    with pytest.raises(ValueError, match=r"missing \['past_key_values.1.value'\].*another model"):
+        sess.set_state(bad)
+    with pytest.raises(ValueError, match=r"'past_segments': expected an int64 scalar"):
+        sess.set_state(dict(good, past_segments=np.array([1])))
+    np.testing.assert_array_equal(sess.state()["past_memory.1.M"], good["past_memory.1.M"])  # unchanged
+
+
+def test_state_file_from_another_model(models, tmp_path):
+    a = InfiniSession(models / "lm.onnx", provider="cpu")
+    a.feed(np.arange(20))
+    a.save_state(tmp_path / "a.npz")
+    same_config = InfiniSession(models / "lm_other_weights.onnx", provider="cpu")
+    with pytest.raises(ValueError, match=r"saved from another model with the same config .*the weights differ"):
+        same_config.load_state(tmp_path / "a.npz")
+    other_config = InfiniSession(models / "lm_other_config.onnx", provider="cpu")
+    with pytest.raises(ValueError, match=r"saved from another model \(config differs: attn.d_key 8 != 4\)"):
+        other_config.load_state(tmp_path / "a.npz")
+    with pytest.raises(FileNotFoundError, match="state file: expected a file written by save_state"):
+        a.load_state(tmp_path / "missing.npz")
+
+
+def test_interrupted_save_keeps_last_state(models, tmp_path, monkeypatch):
+    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    sess.feed(np.arange(10))
+    path = sess.save_state(tmp_path / "s.npz")
+    before = path.read_bytes()
+    sess.feed(np.arange(7))
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # as if Ctrl-C hit in the middle of writing
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        sess.save_state(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["s.npz"]  # no temp file left behind
+
+
+def test_failed_feed_leaves_state_unchanged(models, monkeypatch):
+    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    sess.feed(np.arange(5))
+    before, pos = sess.state(), sess.position
+    calls = {"n": 0}
+    real = sess._run_piece
+
+    def fail_on_second(piece):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("ORT failed")
+        return real(piece)
+
+    monkeypatch.setattr(sess, "_run_piece", fail_on_second)
+    with pytest.raises(RuntimeError, match="ORT failed"):
+        sess.feed(np.arange(20))  # three pieces; the second fails
+    assert sess.position == pos
+    for name, arr in sess.state().items():
+        np.testing.assert_array_equal(arr, before[name])
+
+
+def test_export_fails_loudly_on_mismatch(tmp_path, monkeypatch):
+    config = preset_config("tiny", "layer")
+    real = exporter_mod.forward
+    monkeypatch.setattr(exporter_mod, "forward", lambda c, p, x: (real(c, p, x)[0] * 1.001, real(c, p, x)[1]))
+    with pytest.raises(ExportError, match=r"export self-check failed: ONNX Runtime vs the reference: .*y: MISMATCH"):
+        export(config, preset_params(config), tmp_path / "bad.onnx")
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_export_rejects_bad_params(tmp_path):
+    config = preset_config("tiny", "layer")
+    params = preset_params(config)
+    with pytest.raises(ValueError, match=r"params\['wq'\]: expected a float array of shape \(16, 32\)"):
+        export(config, dict(params, wq=params["wq"][:, :4]), tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match=r"missing \['beta'\]"):
+        export(config, {k: v for k, v in params.items() if k != "beta"}, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match=r"dtype: expected one of \['float16', 'float32'\], got 'bfloat16'"):
+        export(config, params, tmp_path / "x.onnx", dtype="bfloat16")
+
+
+def test_not_an_infini_model(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "id.onnx"))
+    with pytest.raises(ValueError, match="expected an Infini-attention export"):
+        InfiniSession(tmp_path / "id.onnx", provider="cpu")
+    with pytest.raises(ValueError, match=r"provider: expected 'auto', 'cuda' or 'cpu', got 'tpu'"):
+        InfiniSession(tmp_path / "id.onnx", provider="tpu")

@@ -1,0 +1,163 @@
+"""Seconds-long smoke test of examples/passkey (issue 5): the generator, a tiny training run
+(the loss goes down), checkpoint -> ONNX export -> ONNX Runtime streaming evaluation -> demo ->
+plots, end to end; and the committed weights still retrieve the passkey (PyTorch, short prompt).
+
+The real training (minutes) and evaluation (up to 1M tokens) are examples, not CI: see
+examples/passkey/README.md.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `examples.passkey`
+
+torch = pytest.importorskip("torch")
+from examples.passkey import data  # noqa: E402
+from examples.passkey.model import (checkpoint_path, gate_values, load_checkpoint, memory_off,  # noqa: E402
+                                    save_checkpoint, state_bytes)
+
+
+# ------------------------------------------------------------------------------ generator
+
+@pytest.mark.parametrize("depth", [0.0, 0.37, 0.5, 1.0])
+@pytest.mark.parametrize("filler", ["repeat", "random"])
+def test_generator_layout(depth, filler):
+    doc = data.PasskeyDoc(200, depth, (7, 1, 4, 3, 2), phase=5, filler=filler)
+    toks = doc.prompt()
+    assert toks.shape == (200,) and toks.dtype == np.int64
+    assert toks[0] == data.BOS and toks[-1] == data.QUESTION
+    kp = doc.key_pos
+    copy = [data.KEY, 7, 1, 4, 3, 2, data.DOT]
+    assert toks[kp:kp + 14].tolist() == copy + copy  # said twice, like the paper's passkey
+    assert (toks == data.KEY).sum() == 2 and (toks == data.QUESTION).sum() == 1
+    assert (toks < 10).sum() == 10  # the only digits are the passkey's
+    assert abs(kp - 1 - depth * (200 - data.MIN_LENGTH)) <= 0.5
+    assert doc.distance == 199 - (kp + 13)
+    # chunked generation is the same document, whatever the chunking
+    for step in (1, 7, 64):
+        assert np.array_equal(np.concatenate([doc.chunk(i, i + step) for i in range(0, 200, step)]), toks)
+
+
+def test_generator_repeat_filler_is_the_paper_text():
+    doc = data.PasskeyDoc(100, 1.0, (0, 0, 0, 0, 0), phase=0)
+    text = data.decode(doc.prompt()[1:49])
+    assert text == " ".join(data.FILLER_TEXT * 2)
+
+
+def test_generator_rejects_bad_input():
+    with pytest.raises(ValueError, match="length"):
+        data.PasskeyDoc(15, 0.5, (1, 2, 3, 4, 5))
+    with pytest.raises(ValueError, match="depth"):
+        data.PasskeyDoc(100, 1.5, (1, 2, 3, 4, 5))
+    with pytest.raises(ValueError, match="passkey"):
+        data.PasskeyDoc(100, 0.5, (1, 2, 3))
+
+
+def test_training_batch_targets():
+    rng = np.random.default_rng(0)
+    tok, tgt, mask, docs = data.training_batch(rng, 3, 50)
+    assert tok.shape == (3, 55) and mask.sum() == 15
+    assert np.array_equal(tgt[mask].reshape(3, 5), np.stack([d.answer for d in docs]))
+    assert (tok[:, 49] == data.QUESTION).all()
+
+
+# ------------------------------------------------------------------------------ end to end
+
+TINY = ["--steps", "40", "--batch", "8", "--segment-len", "8", "--d-model", "32", "--n-heads", "2",
+        "--n-layers", "2", "--d-ff", "64", "--min-len", "12", "--start-len", "24", "--max-len", "32",
+        "--lr", "3e-3", "--eval-len", "0", "--log-every", "20", "--threads", "1", "--no-progress", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from examples.passkey import train
+
+    tmp = tmp_path_factory.mktemp("passkey")
+    ckpt, log = tmp / "tiny.npz", tmp / "tiny_train_log.json"
+    assert train.main(TINY + ["--out", str(ckpt), "--log", str(log)]) == 0
+    return tmp, ckpt, log
+
+
+def test_tiny_training_loss_decreases(tiny_run):
+    import json
+
+    _, _, log = tiny_run
+    losses = json.loads(log.read_text())["losses"]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
+
+
+def test_checkpoint_roundtrip_and_control(tiny_run, tmp_path):
+    _, ckpt, _ = tiny_run
+    config, params, meta = load_checkpoint(ckpt)
+    assert config.attn.segment_len == 8 and meta["train_length"] == 32
+    assert all(v.dtype == np.float32 for v in params.values())
+    off = memory_off(params)
+    assert (gate_values(off, config) < 1e-12).all() and gate_values(params, config).shape == (2, 2)
+    again = save_checkpoint(tmp_path / "again.npz", config, params)
+    assert all(np.array_equal(params[k], v) for k, v in load_checkpoint(again)[1].items())
+    assert state_bytes(config) == 2 * 2 * 16 * 17 * 4
+
+
+def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from examples.passkey import demo, evaluate, plots
+
+    _, ckpt, _ = tiny_run
+    onnx_path = evaluate.export_onnx(ckpt, control=False, out_dir=tmp_path)
+    sess = evaluate.open_session(onnx_path, batch=3, threads=1)
+    cell = evaluate.evaluate_cell(sess, 40, 0.5, 3, seed=0)
+    assert cell["samples"] == 3 and 0.0 <= cell["accuracy"] <= 1.0 and not cell["in_last_segment"]
+    # the ONNX stream agrees with the PyTorch model on the same documents (greedy answers)
+    from infini_attention.torch_impl import InfiniTransformerLM
+
+    config, params, _ = load_checkpoint(ckpt)
+    model = InfiniTransformerLM.from_numpy(config, params, dtype=torch.float32).eval()
+    docs = data.make_docs(np.random.default_rng(3), 2, 45, 0.2)
+    want, _ = model.generate(torch.from_numpy(np.stack([d.prompt() for d in docs])), data.N_DIGITS)
+    got = evaluate.stream_docs(evaluate.open_session(onnx_path, batch=2, threads=1), docs)
+    assert np.array_equal(got, want[:, -data.N_DIGITS:].numpy())
+
+    lines = []
+    r = demo.run_demo(length=100, depth=0.25, checkpoint=ckpt, control=True, progress=False, threads=1,
+                      echo=lines.append)
+    assert r["length"] == 100 and len(r["answer"]) == 5 and "control_answer" in r
+    text = "\n".join(lines)
+    assert "passkey" in text and "bytes" in text and "tokens after the passkey" in text
+
+    results = {"command": "test", "seed": 0, "machine": "test", "memory_off_beta": -30.0,
+               "models": {"delta": {"checkpoint": "x", "train_length": 32, "state_bytes": 1,
+                                    "cells": [dict(cell, depth_name="middle", memory="on")]}}}
+    import json
+
+    (tmp_path / "eval.json").write_text(json.dumps(results))
+    assert "| on | middle |" in evaluate.markdown(results)
+    png = plots.plot_accuracy(tmp_path / "eval.json", tmp_path / "acc.png")
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_committed_weights_retrieve_the_passkey(update):
+    """The committed checkpoints answer (PyTorch, teacher-forced, passkey 2+ segments back)."""
+    from infini_attention.torch_impl import InfiniTransformerLM
+
+    path = checkpoint_path(update)
+    if not path.is_file():
+        pytest.skip(f"{path} not committed")
+    config, params, _ = load_checkpoint(path)
+    model = InfiniTransformerLM.from_numpy(config, params, dtype=torch.float32).eval()
+    N = config.attn.segment_len
+    rng = np.random.default_rng(0)
+    for depth, mem_ok in ((0.0, True), (0.3, True)):
+        tok, tgt, mask, docs = data.training_batch(rng, 16, 4 * N + 5, np.full(16, depth))
+        assert all(d.question_pos // N - d.key_pos // N >= 2 for d in docs)
+        for p, want_hi in ((params, True), (memory_off(params), False)):
+            m = model if want_hi else InfiniTransformerLM.from_numpy(config, p, dtype=torch.float32).eval()
+            with torch.no_grad():
+                logits, _ = m(torch.from_numpy(tok))
+            acc = (logits.argmax(-1).numpy() == tgt)[mask].reshape(16, 5).all(1).mean()
+            assert (acc >= 0.9) if want_hi else (acc <= 0.2), (update, depth, want_hi, acc)

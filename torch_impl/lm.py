@@ -1,0 +1,150 @@
+"""InfiniTransformerLM: the minimal Infini-Transformer language model (reference/lm.py, SPEC.md §9).
+
+Module attribute names are chosen so that `named_parameters()` yields exactly the
+reference's parameter names ("embed", "layers.{i}.attn_norm", "layers.{i}.attn.wq", ...,
+"final_norm", "lm_head"): the numpy <-> torch name mapping is the identity, and
+`load_numpy_params` / `numpy_params` need no renaming table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from infini_attention.reference import InfiniState, LMConfig, lm_param_shapes
+
+from .layer import InfiniAttention
+from .params import load_arrays, to_numpy
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * w, computed in at least float32."""
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    out = xf / torch.sqrt((xf * xf).mean(dim=-1, keepdim=True) + eps)
+    return out.to(x.dtype) * w
+
+
+class Block(nn.Module):
+    """h = x + attn(rms_norm(x)); out = h + mlp(rms_norm(h)). Norm weights are bare
+    Parameters so their names are "layers.{i}.attn_norm" / "layers.{i}.mlp_norm"."""
+
+    def __init__(self, config: LMConfig, detach_every, check_values, dtype, device):
+        super().__init__()
+        D = config.d_model
+        self.norm_eps = config.norm_eps
+        self.attn_norm = nn.Parameter(torch.ones(D, dtype=dtype, device=device))
+        self.attn = InfiniAttention(config.attn, detach_every=detach_every, check_values=check_values,
+                                    dtype=dtype, device=device)
+        self.mlp_norm = nn.Parameter(torch.ones(D, dtype=dtype, device=device))
+        self.mlp = SwiGLU(D, config.d_ff, dtype=dtype, device=device)
+
+    def forward(self, x, state=None, **kw):
+        a, state = self.attn(rms_norm(x, self.attn_norm, self.norm_eps), state, **kw)
+        h = x + a
+        return h + self.mlp(rms_norm(h, self.mlp_norm, self.norm_eps)), state
+
+
+class SwiGLU(nn.Module):
+    """(silu(x @ w_gate) * (x @ w_up)) @ w_down, weights in (in, out) layout like the reference."""
+
+    def __init__(self, d_model: int, d_ff: int, dtype=None, device=None):
+        super().__init__()
+        kw = {"dtype": dtype, "device": device}
+        self.w_gate = nn.Parameter(torch.randn(d_model, d_ff, **kw) * d_model**-0.5)
+        self.w_up = nn.Parameter(torch.randn(d_model, d_ff, **kw) * d_model**-0.5)
+        self.w_down = nn.Parameter(torch.randn(d_ff, d_model, **kw) * d_ff**-0.5)
+
+    def forward(self, x):
+        return (F.silu(x @ self.w_gate) * (x @ self.w_up)) @ self.w_down
+
+
+
+
+class InfiniTransformerLM(nn.Module):
+    """tokens (B, T) int64 -> logits (B, T, vocab_size); one TorchInfiniState per layer."""
+
+    def __init__(self, config: LMConfig, *, detach_every: int | None = None, check_values: bool = True,
+                 dtype: torch.dtype | None = None, device=None):
+        super().__init__()
+        if not isinstance(config, LMConfig):
+            raise ValueError(f"config: expected an LMConfig, got {type(config).__name__}")
+        self.config = config
+        kw = {"dtype": dtype, "device": device}
+        D, V = config.d_model, config.vocab_size
+        self.embed = nn.Parameter(torch.randn(V, D, **kw))  # (V, D): N(0, 1) like the reference
+        self.layers = nn.ModuleList(
+            Block(config, detach_every, check_values, dtype, device) for _ in range(config.n_layers)
+        )
+        self.final_norm = nn.Parameter(torch.ones(D, **kw))
+        self.lm_head = nn.Parameter(torch.randn(D, V, **kw) * D**-0.5)  # (D, V)
+
+    # ------------------------------------------------------------ numpy parameter dicts
+
+    @staticmethod
+    def numpy_to_torch_name(name: str) -> str:
+        """Reference parameter name -> `named_parameters()` name (the identity, by design)."""
+        return name
+
+    @staticmethod
+    def torch_to_numpy_name(name: str) -> str:
+        """`named_parameters()` name -> reference parameter name (the identity, by design)."""
+        return name
+
+    @classmethod
+    def from_numpy(cls, config: LMConfig, params: dict, *, dtype=torch.float64, device=None, **kw):
+        model = cls(config, dtype=dtype, device=device, **kw)
+        model.load_numpy_params(params)
+        return model
+
+    def load_numpy_params(self, params: dict) -> None:
+        load_arrays(self, params, lm_param_shapes(self.config), "params")
+
+    def numpy_params(self) -> dict[str, np.ndarray]:
+        return {self.torch_to_numpy_name(n): to_numpy(p) for n, p in self.named_parameters()}
+
+    # ---------------------------------------------------------------------- forward
+
+    def init_states(self, batch: int) -> list:
+        return [blk.attn.init_state(batch) for blk in self.layers]
+
+    def forward(self, tokens: torch.Tensor, states=None, **kw):
+        """tokens (B, T) integer -> (logits (B, T, V), list of per-layer TorchInfiniState).
+
+        `states` may also be a list of reference InfiniState (converted)."""
+        c = self.config
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point \
+                or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) \
+                else type(tokens).__name__
+            raise ValueError(f"tokens: expected an integer tensor of shape (B, T), got {got}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
+            raise ValueError(f"tokens: expected ids in [0, {c.vocab_size}), got range "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        if states is not None and (not isinstance(states, (list, tuple)) or len(states) != c.n_layers):
+            got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"states: expected None or a list of {c.n_layers} states, got {got}")
+        x = F.embedding(tokens, self.embed)  # (B, T, D)
+        new_states = []
+        for i, blk in enumerate(self.layers):
+            x, st = blk(x, None if states is None else states[i], **kw)
+            new_states.append(st)
+        return rms_norm(x, self.final_norm, c.norm_eps) @ self.lm_head, new_states  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, states=None):
+        """Greedy decoding: feed the prompt in one call, then one token per call (constant memory).
+
+        Returns (tokens (B, T0 + max_new_tokens), states after the last fed token)."""
+        logits, states = self(prompt, states)
+        out = [prompt]
+        for i in range(max_new_tokens):
+            nxt = logits[:, -1:].argmax(dim=-1)  # (B, 1)
+            out.append(nxt)
+            if i + 1 < max_new_tokens:
+                logits, states = self(nxt, states)
+        return torch.cat(out, dim=1), states
+
+    def states_to_reference(self, states) -> list[InfiniState]:
+        return [s.to_reference() for s in states]
