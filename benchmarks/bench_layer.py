@@ -28,14 +28,18 @@ from infini_attention.reference import InfiniConfig
 from infini_attention.torch_impl import InfiniAttention
 
 
-def best_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+def best_times(fns: dict, rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Best time of each function over `rounds` rounds that run them in turn, so that all
+    of them get the same chances at the quiet moments of a shared machine."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -52,18 +56,6 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 62))
-
-
-def matmul_peak(repeats: int, sizes=(1024, 2048, 4096)) -> tuple[float, int]:
-    """Best float32 GFLOP/s over square matmuls of several sizes (the yardstick for
-    'fraction of peak'; the best size depends on the caches, so take the maximum)."""
-    best = (0.0, 0)
-    for size in sizes:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        out = torch.empty(size, size)
-        t = best_time(lambda: torch.mm(a, b, out=out), repeats)
-        best = max(best, (2 * size**3 / t / 1e9, size))
-    return best
 
 
 def layer_flops(c: InfiniConfig, T: int) -> dict[str, float]:
@@ -91,19 +83,6 @@ def full_attention(x, wq, wk, wv, wo, c: InfiniConfig):
     return a.transpose(1, 2).reshape(B, T, -1) @ wo  # (B, T, H*dv) @ (H*dv, D)
 
 
-def part_times(layer: InfiniAttention, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Time the big kernels of one segment alone: the 4 projections and the causal SDPA."""
-    c = layer.config
-    B, T, _ = x.shape
-    a = torch.randn(B, T, c.n_heads * c.d_value)
-    proj = best_time(lambda: (x @ layer.wq, x @ layer.wk, x @ layer.wv, a @ layer.wo), repeats)
-    q = torch.randn(B, T, c.n_heads, c.d_key).transpose(1, 2)  # (B, H, T, dk), the layer's strides
-    k = torch.randn(B, T, c.n_kv_heads, c.d_key).transpose(1, 2)
-    v = torch.randn(B, T, c.n_kv_heads, c.d_value).transpose(1, 2)
-    attn = best_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), repeats)
-    return {"projections": proj, "local attention": attn}
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="T up to 64K (default: up to 32K)")
@@ -123,7 +102,8 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, {threads} torch threads, load average {load:.2f}, malloc: {malloc}")
     if load > 0.5:
-        print(f"WARNING: load average {load:.2f}: other processes share the cores; timings are pessimistic")
+        print(f"WARNING: load average {load:.2f}: other processes share the cores; timings are pessimistic "
+              "(--threads 1 suffers less from it)")
     torch.manual_seed(0)
     c = InfiniConfig(d_model=1024, n_heads=8, n_kv_heads=8, d_key=128, d_value=128, segment_len=2048,
                      update=args.update, rope_theta=1e4 if args.rope else None)
@@ -132,23 +112,37 @@ def main(argv=None) -> None:
 
     with torch.inference_mode():
         # ------------------------------------------------------------ (a) one segment
-        peak, size = matmul_peak(3 * args.repeats + 1)
-        print(f"\n(a) float32 matmul peak (square 1024/2048/4096, best of {3 * args.repeats + 1}): "
-              f"{peak:.1f} GFLOP/s (at {size}^3)")
+        rounds = 3 * args.repeats + 1
         x = torch.randn(1, N, c.d_model)
-        t = best_time(lambda: layer(x), 3 * args.repeats + 1, warmup=2)
+        mats = {s: (torch.randn(s, s), torch.randn(s, s), torch.empty(s, s)) for s in (1024, 2048, 4096)}
+        a_heads = torch.randn(1, N, c.n_heads * c.d_value)
+        q = torch.randn(1, N, c.n_heads, c.d_key).transpose(1, 2)  # (B, H, N, dk), the layer's strides
+        k = torch.randn(1, N, c.n_kv_heads, c.d_key).transpose(1, 2)
+        v = torch.randn(1, N, c.n_kv_heads, c.d_value).transpose(1, 2)
+        fns = {f"mm{s}": (lambda m=m: torch.mm(m[0], m[1], out=m[2])) for s, m in mats.items()}
+        fns["layer"] = lambda: layer(x)
+        # the big kernels of one segment alone: the 4 projections and the causal SDPA
+        fns["projections"] = lambda: (x @ layer.wq, x @ layer.wk, x @ layer.wv, a_heads @ layer.wo)
+        fns["local attention"] = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        best = best_times(fns, rounds, warmup=2)
+        peak, size = max((2 * s**3 / best[f"mm{s}"] / 1e9, s) for s in mats)
+        print(f"\n(a) float32 matmul peak (square 1024/2048/4096, best of {rounds}): "
+              f"{peak:.1f} GFLOP/s (at {size}^3)")
+        t = best["layer"]
         fl = layer_flops(c, N)
         total = sum(fl.values())
-        print(f"one segment forward, {c}: B=1, T=N={N}, float32")
+        print(f"one segment forward, {c}: B=1, T=N={N}, float32, best of {rounds} (interleaved with the above)")
         print(f"  time {t * 1e3:.1f} ms, {total / 1e9:.2f} GFLOP -> {total / t / 1e9:.1f} GFLOP/s "
               f"= {total / t / 1e9 / peak:.2f} of matmul peak")
-        parts = part_times(layer, x, 3 * args.repeats + 1)
-        parts["rest (memory, gate, sigma, checks)"] = max(t - sum(parts.values()), 0.0)
+        rest = "rest (memory, gate, sigma, checks)"
+        parts = {"projections": best["projections"], "local attention": best["local attention"]}
+        parts[rest] = max(t - sum(parts.values()), 0.0)
         fl_parts = {"projections": fl["projections"], "local attention": fl["local attention"],
-                    "rest (memory, gate, sigma, checks)": fl["memory read"] + fl["memory write"]}
+                    rest: fl["memory read"] + fl["memory write"]}
         for name, pt in parts.items():
             print(f"  {name:38s} {pt * 1e3:7.1f} ms  {fl_parts[name] / 1e9:6.2f} GFLOP  "
                   f"{fl_parts[name] / max(pt, 1e-9) / 1e9:7.1f} GFLOP/s")
+        del mats
 
         # --------------------------------------------------------- (b) cost against T
         lengths = [2048, 4096, 8192, 16384, 32768] + ([65536] if args.full else [])
@@ -159,8 +153,9 @@ def main(argv=None) -> None:
         for T in lengths:
             x = torch.randn(1, T, c.d_model)
             reps = args.repeats if T <= 16384 else max(1, args.repeats - 1)
-            ti = best_time(lambda: layer(x), reps)
-            tf = best_time(lambda: full_attention(x, layer.wq, layer.wk, layer.wv, layer.wo, c), reps)
+            bt = best_times({"infini": lambda: layer(x),
+                             "full": lambda: full_attention(x, layer.wq, layer.wk, layer.wv, layer.wo, c)}, reps)
+            ti, tf = bt["infini"], bt["full"]
             kv_mb = T * c.n_kv_heads * (c.d_key + c.d_value) * 4 / 2**20
             print(f"{T:>7} {ti / T * 1e6:>14.1f} {tf / T * 1e6:>12.1f} {tf / ti:>11.2f} "
                   f"{state_mb:>16.1f} {kv_mb:>17.1f}", flush=True)
@@ -168,30 +163,29 @@ def main(argv=None) -> None:
               "full KV cache MB: what full attention keeps for T tokens")
 
         # ------------------------------------------------------- (c) token-by-token decode
-        print("\n(c) decode: one token per call, ms/token (mean of 20 chained calls)")
+        print(f"\n(c) decode, one token per call (ms/token, mean of 20 chained calls, best of {args.repeats}):")
         x = torch.randn(1, N + N // 2 + 1, c.d_model)
         _, st_half = layer(x[:, :N + N // 2])  # 1 segment done, n = N/2 pending
         tok = x[:, -1:]
 
-        def decode20():
+        def infini20():
             s = st_half  # each repeat continues the same state (a branch: its first call copies)
             for _ in range(20):
                 _, s = layer(tok, s)
 
-        t_inf = best_time(decode20, args.repeats) / 20
-        print(f"  infini, from n = N/2 = {N // 2} pending tokens (any stream length): {t_inf * 1e3:.2f}")
-        for T in lengths:
-            kc = torch.randn(1, c.n_kv_heads, T, c.d_key)  # (B, Hkv, T, dk) KV cache
-            vc = torch.randn(1, c.n_kv_heads, T, c.d_value)
-
-            def full_step():
+        def full20(kc, vc):
+            for _ in range(20):
                 q = (tok @ layer.wq).view(1, 1, c.n_heads, c.d_key).transpose(1, 2)  # (1, H, 1, dk)
                 _k, _v = tok @ layer.wk, tok @ layer.wv  # the new token's k, v (cache append not timed)
                 a = F.scaled_dot_product_attention(q, kc, vc, enable_gqa=c.n_heads != c.n_kv_heads)
-                return a.transpose(1, 2).reshape(1, 1, -1) @ layer.wo
+                a.transpose(1, 2).reshape(1, 1, -1) @ layer.wo
 
-            t_full = best_time(lambda: [full_step() for _ in range(20)], args.repeats) / 20
-            print(f"  full attention with a KV cache of T = {T:>6}: {t_full * 1e3:.2f}")
+        print(f"{'context T':>9} {'infini (n = N/2 pending)':>25} {'full, KV cache of T':>20}")
+        for T in lengths:
+            kc = torch.randn(1, c.n_kv_heads, T, c.d_key)  # (B, Hkv, T, dk) KV cache
+            vc = torch.randn(1, c.n_kv_heads, T, c.d_value)
+            bt = best_times({"infini": infini20, "full": lambda: full20(kc, vc)}, args.repeats)
+            print(f"{T:>9} {bt['infini'] / 20 * 1e3:>25.2f} {bt['full'] / 20 * 1e3:>20.2f}", flush=True)
 
 
 if __name__ == "__main__":

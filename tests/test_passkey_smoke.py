@@ -68,7 +68,7 @@ def test_training_batch_targets():
 # ------------------------------------------------------------------------------ end to end
 
 TINY = ["--steps", "40", "--batch", "8", "--segment-len", "8", "--d-model", "32", "--n-heads", "2",
-        "--n-layers", "2", "--d-ff", "64", "--min-len", "12", "--start-len", "24", "--max-len", "32",
+        "--n-layers", "2", "--d-ff", "64", "--min-len", "20", "--start-len", "24", "--max-len", "40",
         "--lr", "3e-3", "--eval-len", "0", "--log-every", "20", "--threads", "1", "--no-progress", "--seed", "0"]
 
 
@@ -94,7 +94,7 @@ def test_tiny_training_loss_decreases(tiny_run):
 def test_checkpoint_roundtrip_and_control(tiny_run, tmp_path):
     _, ckpt, _ = tiny_run
     config, params, meta = load_checkpoint(ckpt)
-    assert config.attn.segment_len == 8 and meta["train_length"] == 32
+    assert config.attn.segment_len == 8 and meta["train_length"] == 40
     assert all(v.dtype == np.float32 for v in params.values())
     off = memory_off(params)
     assert (gate_values(off, config) < 1e-12).all() and gate_values(params, config).shape == (2, 2)

@@ -64,6 +64,10 @@ def check_state(
         raise ValueError(f"state.k: expected shape (B={B}, Hkv={Hkv}, n, dk={dk}) with 0 <= n < "
                          f"segment_len={N}, got {_shape(k)}")
     mdt = memory_dtype(dtype)
+    # Pending keys/values still held in this layer's own decode buffer were computed by the
+    # layer from validated inputs: not re-read on every decoding call (that would cost O(n)).
+    own_buffer = (state._pending is not None and isinstance(state.v, torch.Tensor)
+                  and state._pending.owns(state.k, state.v))
     for name, t, shape, dt in (
         ("state.M", state.M, (B, Hkv, dk, dv), mdt),
         ("state.z", state.z, (B, Hkv, dk), mdt),
@@ -75,7 +79,7 @@ def check_state(
                              f"got {_shape(t)}")
         if t.dtype != dt:
             raise ValueError(f"{name}: expected dtype {dt} for a {dtype} layer, got {t.dtype}")
-        if check_values:
+        if check_values and not (own_buffer and name in ("state.k", "state.v")):
             _check_finite(name, t)
     seg = state.segments
     if not isinstance(seg, torch.Tensor) or seg.ndim != 0 or seg.dtype != torch.int64:

@@ -80,12 +80,11 @@ def run_demo(length: int = DEMO_LENGTH, depth: float = 0.5, update: str = "delta
              + (f", trained on documents of <= {meta['train_length']:,} tokens" if meta.get("train_length") else ""))
         onnx_path = _export(config, params, out / f"{ckpt.stem}.onnx")
         passkey = "".join(map(str, doc.answer))
-        echo(f"prompt: {doc.length:,} tokens of filler; passkey {passkey} hidden at tokens "
-             f"{doc.key_pos + 1:,}-{doc.key_pos + data.N_DIGITS:,} (depth {depth:.0%}, segment "
-             f"{doc.key_pos // N:,} of {-(-doc.length // N):,})")
-        echo(f"question at token {doc.question_pos:,}: asked {doc.distance:,} tokens after the passkey "
-             f"({doc.question_pos // N - (doc.key_pos + data.N_DIGITS) // N:,} segments later; local attention "
-             f"sees only the current segment)")
+        end = doc.key_pos + data.NEEDLE_LEN - 1
+        echo(f"prompt: {doc.length:,} tokens of filler text; passkey {passkey} said at tokens {doc.key_pos:,}-{end:,} "
+             f"(depth {depth:.0%}, segment {doc.key_pos // N:,} of {-(-doc.length // N):,})")
+        echo(f"question at token {doc.question_pos:,}: asked {doc.distance:,} tokens after the passkey, "
+             f"{doc.question_pos // N - end // N:,} segments later (local attention sees only its own segment)")
         answer, seconds, sess = _stream(onnx_path, doc, 64 * N, progress, threads)
         got = "".join(map(str, answer))
         ok = got == passkey

@@ -143,6 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--samples-1m", type=int, default=8)
     p.add_argument("--control-max-len", type=int, default=1 << 20,
                    help="run the memory-off control up to this length")
+    p.add_argument("--offsets", default="0,4,8,12,16,20,24,26,27,28,29,30,31",
+                   help="question offsets in its segment for the alignment check at 8x the training length "
+                        "(middle depth, memory on); empty: skip")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "eval.json")
@@ -187,6 +190,19 @@ def main(argv=None) -> int:
                 (bar.write if bar else print)(msg)
             if bar:
                 bar.close()
+        if args.offsets and not args.lengths:
+            onnx_path = export_onnx(ckpt, False)
+            entry["alignment"] = []
+            N = config.attn.segment_len
+            for off in (int(o) for o in args.offsets.split(",")):
+                if off >= N:
+                    continue
+                sess = open_session(onnx_path, args.samples, args.threads)
+                cell = evaluate_cell(sess, 8 * train_len, 0.5, args.samples, args.seed, question_offset=off)
+                cell.update(depth_name="middle", memory="on", question_offset=off)
+                entry["alignment"].append(cell)
+                print(f"{update:6s} alignment: question at offset {off:2d} of its segment "
+                      f"({fmt_len(8 * train_len)}, middle): {cell['correct']}/{cell['samples']}")
         results["models"][update] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
@@ -219,6 +235,14 @@ def markdown(results: dict) -> str:
                 if any(row):
                     lines.append(f"| {mem} | {dname} | " + " | ".join(row) + " |")
         lines.append("")
+        if entry.get("alignment"):
+            al = entry["alignment"]
+            lines += [f"Alignment check ({fmt_len(al[0]['length'])} tokens, middle depth, memory on): accuracy by the "
+                      "question's offset in its segment (the answer crosses a segment boundary at offsets >= "
+                      f"{entry['config']['attn']['segment_len'] - 4}):", "",
+                      "| offset | " + " | ".join(str(c["question_offset"]) for c in al) + " |",
+                      "|---|" + "---|" * len(al),
+                      "| accuracy | " + " | ".join(f"{100 * c['accuracy']:.0f}%" for c in al) + " |", ""]
     return "\n".join(lines)
 
 

@@ -22,8 +22,8 @@ MEMORY_OFF_BETA = -30.0  # sigmoid(-30) ~ 1e-13: the gate selects the local bran
 
 
 def default_config(update: str = "delta", segment_len: int = 32, d_model: int = 64, n_heads: int = 4,
-                   n_layers: int = 2, d_ff: int = 128) -> LMConfig:
-    d_head = d_model // n_heads
+                   n_layers: int = 2, d_ff: int = 128, d_head: int | None = None) -> LMConfig:
+    d_head = d_head or d_model // n_heads
     attn = InfiniConfig(d_model=d_model, n_heads=n_heads, n_kv_heads=n_heads, d_key=d_head, d_value=d_head,
                         segment_len=segment_len, update=update, rope_theta=10000.0)
     return LMConfig(vocab_size=VOCAB_SIZE, n_layers=n_layers, d_ff=d_ff, attn=attn)

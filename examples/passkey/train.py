@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infini_attention.torch_impl import InfiniTransformerLM
+from infini_attention.torch_impl import InfiniTransformerLM, TorchInfiniState
 
 from . import data
 from .model import HERE, checkpoint_path, default_config, save_checkpoint
@@ -37,13 +37,12 @@ def build_model(config, seed: int) -> InfiniTransformerLM:
     return InfiniTransformerLM(config, dtype=torch.float32)
 
 
-def loss_fn(model, tokens, targets, answer_mask, lm_mask, lm_weight: float, states=None):
-    logits, _ = model(tokens, states)  # (B, T, V): one call, BPTT through every segment's memory
+def loss_fn(logits, targets, answer_mask, lm_mask, lm_weight: float):
     ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     ans = ce[answer_mask].mean()
     # next-token loss on the predictable positions (data.lm_mask): filler, markers, 2nd passkey copy
     lm = ce[lm_mask].mean() if lm_weight > 0 else ce.new_zeros(())
-    correct = (logits.argmax(-1) == targets)[answer_mask].view(tokens.shape[0], -1).all(dim=1)
+    correct = (logits.argmax(-1) == targets)[answer_mask].view(targets.shape[0], -1).all(dim=1)
     return ans + lm_weight * lm, ans.detach(), lm.detach(), correct.float().mean()
 
 
@@ -58,33 +57,71 @@ def quick_eval(model, rng, length: int, n: int = 32, filler: str = "repeat") -> 
 
 
 def sample_task(rng, step: int, args):
-    """-> (prompt length L, needle depths (B,), no-grad prefix P).
+    """-> (prompt length L, needle depths (B,), dilution or None).
 
-    Curriculum: the longest graded length grows from ``--start-len`` to ``--max-len`` over the
-    first ``--warm-frac`` of training. With probability ``--long-frac`` the document is made
-    longer by a prefix of P tokens (a multiple of N, up to ``--max-prefix``) that is run without
-    gradient first (truncated BPTT: its memory is carried, detached, into the graded part):
-    the model sees the dilution of long documents at a third of the cost.
-    With probability ``--align-frac`` the length is moved so that the question opens a segment
-    (the evaluation's layout), with probability ``--straddle-frac`` so that the 5-token answer
-    crosses a segment boundary; otherwise it is left uniform. Depths: 10% at 0, 10% at 1, the rest uniform.
+    Curriculum: the longest document grows from ``--start-len`` to ``--max-len`` over the first
+    ``--warm-frac`` of training. With probability ``--align-frac`` the length is moved so that
+    the question opens a segment (the evaluation's layout), with probability ``--straddle-frac``
+    so that the 5-token answer crosses a segment boundary; otherwise it is left uniform.
+    Depths: 10% at 0, 10% at 1, the rest uniform.
+
+    Dilution (after the curriculum, probability ``--dilute-frac``): ``(segment, c)``: at the
+    boundary before that segment of the document, the memory of ``c`` times a filler run of
+    ``--filler-run`` tokens is added (see `filler_memory`), c log-uniform so that up to
+    ``--dilute-max`` filler tokens are emulated.
     """
     N = args.segment_len
     frac = min(1.0, step / max(1, args.warm_frac * args.steps))
     hi = int(round(args.start_len + frac * (args.max_len - args.start_len)))
     L = int(rng.integers(args.min_len, max(args.min_len, hi) + 1))
-    P = 0
-    if args.max_prefix and frac >= 1.0 and rng.random() < args.long_frac:
-        P = N * int(rng.integers(1, args.max_prefix // N + 1))
     r = rng.random()
     if r < args.align_frac:  # the question opens a segment: L % N == 1 (see data.py)
         L = max(args.min_len, L) // N * N + 1
     elif r < args.align_frac + args.straddle_frac:  # L % N in {N-3, .., N}: the answer crosses a boundary
         L = max(args.min_len + N, L) // N * N + int(rng.integers(-3, 1))
-    L += P
+    while L < data.MIN_LENGTH:
+        L += N
     u = rng.random(args.batch)
     depths = np.where(u < 0.1, 0.0, np.where(u < 0.2, 1.0, rng.random(args.batch)))
-    return L, depths, P
+    dilution = None
+    if args.dilute_frac and frac >= 1.0 and rng.random() < args.dilute_frac:
+        seg = int(rng.integers(0, (L - 1) // N + 1))  # any boundary before the question's segment
+        c = float(np.exp(rng.uniform(0.0, np.log(max(1.0, args.dilute_max / args.filler_run)))))
+        dilution = (seg, c)
+    return L, depths, dilution
+
+
+@torch.no_grad()
+def filler_memory(model, rng, batch: int, length: int) -> list:
+    """Per-layer memory (M, z) after ``length`` tokens of pure filler (one phase per row), no grad."""
+    phase = rng.integers(0, len(data.FILLER_CYCLE), size=(batch, 1))
+    tokens = data.FILLER_CYCLE[(phase + np.arange(length)[None]) % len(data.FILLER_CYCLE)]
+    _, states = model(torch.from_numpy(tokens))
+    return [(st.M, st.z) for st in states]
+
+
+def forward_diluted(model, tokens, dilution, filler, N: int):
+    """Forward ``tokens`` in one call, or, with ``dilution = (seg, c)``, in two calls with
+    ``c * filler`` memory added to every layer's (M, z) at the boundary before segment ``seg``:
+    the memory then holds as much filler as a document ``c * filler_run`` tokens longer
+    (exactly so for the linear rule's sums; approximately for the delta rule and the second layer,
+    whose writes depend on the memory). Gradients flow through every segment's memory (BPTT);
+    the injected filler memory is a constant."""
+    if dilution is None:
+        return model(tokens)[0]
+    seg, c = dilution
+    cut = seg * N
+    parts, states = [], None
+    if cut > 0:
+        logits, states = model(tokens[:, :cut])
+        parts.append(logits)
+    else:
+        states = model.init_states(tokens.shape[0])
+    states = [TorchInfiniState(st.M + c * fm, st.z + c * fz, st.k, st.v, st.segments)
+              for st, (fm, fz) in zip(states, filler)]
+    logits, _ = model(tokens[:, cut:], states)
+    parts.append(logits)
+    return torch.cat(parts, dim=1)
 
 
 def train(args) -> dict:
@@ -92,7 +129,8 @@ def train(args) -> dict:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     eval_rng_seed = args.seed + 1000
-    config = default_config(args.update, args.segment_len, args.d_model, args.n_heads, args.n_layers, args.d_ff)
+    config = default_config(args.update, args.segment_len, args.d_model, args.n_heads, args.n_layers, args.d_ff,
+                            args.d_head)
     model = build_model(config, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
@@ -115,16 +153,17 @@ def train(args) -> dict:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        length, depths, prefix = sample_task(rng, step, args)
+        length, depths, dilution = sample_task(rng, step, args)
         tok, tgt, mask, docs = data.training_batch(rng, args.batch, length, depths, filler=args.filler)
         lmm = torch.from_numpy(data.lm_mask(docs, mask))
         tok, tgt, mask = torch.from_numpy(tok), torch.from_numpy(tgt), torch.from_numpy(mask)
-        states = None
-        if prefix:
-            with torch.no_grad():
-                _, states = model(tok[:, :prefix])
-            tok, tgt, mask, lmm = tok[:, prefix:], tgt[:, prefix:], mask[:, prefix:], lmm[:, prefix:]
-        loss, ans, lm, acc = loss_fn(model, tok, tgt, mask, lmm, args.lm_weight, states)
+        filler = None
+        if dilution is not None:
+            filler = filler_memory(model, rng, args.batch, args.filler_run)
+            if dilution[0] == 0:
+                tok[:, 0] = data.DOT  # the document continues a stream: no <s>
+        logits = forward_diluted(model, tok, dilution, filler, args.segment_len)
+        loss, ans, lm, acc = loss_fn(logits, tgt, mask, lmm, args.lm_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -164,14 +203,16 @@ def parse_args(argv=None):
     p.add_argument("--segment-len", type=int, default=32)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--d-head", type=int, default=None, help="d_key = d_value (default d_model / n_heads)")
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--d-ff", type=int, default=128)
     p.add_argument("--min-len", type=int, default=40, help="shortest prompt (tokens)")
     p.add_argument("--start-len", type=int, default=96, help="longest prompt at step 0 (curriculum)")
     p.add_argument("--max-len", type=int, default=256, help="longest prompt: the 'training length'")
     p.add_argument("--warm-frac", type=float, default=0.3)
-    p.add_argument("--max-prefix", type=int, default=0, help="longest no-grad prefix (tokens; 0: none)")
-    p.add_argument("--long-frac", type=float, default=0.5, help="share of steps with a prefix")
+    p.add_argument("--dilute-frac", type=float, default=0.5, help="share of steps with emulated filler")
+    p.add_argument("--dilute-max", type=float, default=2e6, help="most filler tokens emulated")
+    p.add_argument("--filler-run", type=int, default=256, help="tokens of the filler run whose memory is scaled")
     p.add_argument("--align-frac", type=float, default=0.5, help="share of steps whose question opens a segment")
     p.add_argument("--straddle-frac", type=float, default=0.1, help="share of steps whose answer crosses a boundary")
     p.add_argument("--filler", choices=["repeat", "random"], default="repeat")
@@ -192,7 +233,7 @@ def main(argv=None) -> int:
     model = log.pop("model")
     out = args.out or checkpoint_path(args.update)
     meta = {k: log[k] for k in ("n_params", "train_time_s")}
-    meta["train_length"] = args.max_len + args.max_prefix  # the longest document seen in training
+    meta["train_length"] = args.max_len  # the longest document seen in training
     meta["command"] = "python -m examples.passkey.train " + " ".join(argv or __import__("sys").argv[1:])
     meta["final"] = log["history"][-1] if log["history"] else {}
     save_checkpoint(out, model.config, model.numpy_params(), meta)
