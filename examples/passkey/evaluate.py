@@ -203,6 +203,18 @@ def main(argv=None) -> int:
                 entry["alignment"].append(cell)
                 print(f"{update:6s} alignment: question at offset {off:2d} of its segment "
                       f"({fmt_len(8 * train_len)}, middle): {cell['correct']}/{cell['samples']}")
+        if not args.lengths:
+            # sanity of the control: with the passkey INSIDE the question's segment (question at offset
+            # N-1, passkey right before it), local attention alone can answer
+            N = config.attn.segment_len
+            entry["local_check"] = []
+            for control in (False, True):
+                sess = open_session(export_onnx(ckpt, control), args.samples, args.threads)
+                cell = evaluate_cell(sess, 8 * train_len, 1.0, args.samples, args.seed, question_offset=N - 1)
+                cell.update(depth_name="end", memory="off" if control else "on", question_offset=N - 1)
+                entry["local_check"].append(cell)
+                print(f"{update:6s} passkey inside the last segment, memory {cell['memory']}: "
+                      f"{cell['correct']}/{cell['samples']}")
         results["models"][update] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
@@ -235,6 +247,12 @@ def markdown(results: dict) -> str:
                 if any(row):
                     lines.append(f"| {mem} | {dname} | " + " | ".join(row) + " |")
         lines.append("")
+        if entry.get("local_check"):
+            on, off = entry["local_check"]
+            lines += [f"Control sanity ({fmt_len(on['length'])} tokens): with the passkey inside the question's own "
+                      f"segment (question at offset {on['question_offset']}, passkey just before it), local attention "
+                      f"can see it: memory on {on['correct']}/{on['samples']}, memory off "
+                      f"{off['correct']}/{off['samples']}.", ""]
         if entry.get("alignment"):
             al = entry["alignment"]
             lines += [f"Alignment check ({fmt_len(al[0]['length'])} tokens, middle depth, memory on): accuracy by the "

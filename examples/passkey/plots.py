@@ -28,20 +28,23 @@ def plot_gates(out: Path, updates=("linear", "delta")) -> Path:
     import matplotlib.pyplot as plt
 
     found = [(u, *load_checkpoint(checkpoint_path(u))[:2]) for u in updates if checkpoint_path(u).is_file()]
-    fig, axes = plt.subplots(1, len(found), figsize=(3.6 * len(found) + 1, 2.8), squeeze=False)
+    widths = [c.attn.n_heads for _, c, _ in found]
+    fig, axes = plt.subplots(1, len(found), figsize=(0.75 * sum(widths) + 2.5, 3.0), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     im = None
     for ax, (update, config, params) in zip(axes[0], found):
         g = gate_values(params, config)  # (layers, heads)
         im = ax.imshow(g, vmin=0, vmax=1, cmap="coolwarm", aspect="auto")
         for (i, h), v in np.ndenumerate(g):
             kind = "memory" if v > 0.9 else "local" if v < 0.1 else "mixer"
-            ax.text(h, i, f"{v:.2f}\n{kind}", ha="center", va="center", fontsize=8,
+            ax.text(h, i, f"{v:.2f}\n{kind}", ha="center", va="center", fontsize=7,
                     color="white" if abs(v - 0.5) > 0.3 else "black")
-        ax.set_xticks(range(g.shape[1]), [f"head {h}" for h in range(g.shape[1])])
-        ax.set_yticks(range(g.shape[0]), [f"layer {i}" for i in range(g.shape[0])])
-        ax.set_title(f"{update} update")
+        ax.set_xticks(range(g.shape[1]), [f"h{h}" for h in range(g.shape[1])], fontsize=8)
+        ax.set_yticks(range(g.shape[0]), [f"layer {i}" for i in range(g.shape[0])], fontsize=8)
+        ax.set_title(f"{update} update", fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), label="sigmoid(beta): weight of memory")
-    fig.suptitle("Learned gates of the passkey model (0 = local attention, 1 = compressive memory)", fontsize=10)
+    fig.suptitle("Learned gates sigmoid(beta) per head and layer (0 = local attention only, 1 = memory only)",
+                 fontsize=9, y=1.02)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
