@@ -16,6 +16,9 @@ import json
 import sys
 
 
+DEMO_LENGTH = 1 << 20
+
+
 def register(subparsers) -> None:
     """Add the export, stream and demo subcommands; each sets ``func(args) -> exit code``."""
     p = subparsers.add_parser("export", help="export a layer or the LM to ONNX (checked against the reference)")
@@ -52,10 +55,16 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=_guarded(cmd_stream))
 
-    p = subparsers.add_parser("demo", help="check PyTorch, export, stream 1M tokens in ONNX Runtime, verify")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--tokens", type=int, default=1_000_000)
-    p.add_argument("--verify-every", type=int, default=131072, metavar="T")
+    p = subparsers.add_parser("demo", help="the main job: check PyTorch vs the spec, export the trained passkey "
+                                           "model, stream a long document through ONNX Runtime, retrieve the passkey")
+    p.add_argument("--length", type=int, default=DEMO_LENGTH, help=f"prompt tokens (default {DEMO_LENGTH:,})")
+    p.add_argument("--depth", type=float, default=0.5, help="where the passkey sits, 0 (start) .. 1 (end)")
+    p.add_argument("--update", choices=["linear", "delta"], default="delta", help="which trained model")
+    p.add_argument("--preset", default=None,
+                   help="instead: random weights of this preset (e.g. small), streamed --tokens long")
+    p.add_argument("--tokens", type=int, default=1_000_000, help="with --preset: tokens to stream")
+    p.add_argument("--verify-every", type=int, default=None, metavar="T",
+                   help="verify ORT against PyTorch every T tokens (default 262144; 131072 with --preset)")
     p.add_argument("--out-dir", default="artifacts/demo")
     p.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -133,11 +142,17 @@ def cmd_stream(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    if args.preset is not None:
+        from .demo import run_demo
 
-    run_demo(args.preset, args.tokens, args.out_dir, args.provider, args.verify_every, args.seed,
-             progress=not args.no_progress)
-    return 0
+        run_demo(args.preset, args.tokens, args.out_dir, args.provider, args.verify_every or 131072, args.seed,
+                 progress=not args.no_progress)
+        return 0
+    from .passkey_demo import run_passkey_demo
+
+    result = run_passkey_demo(args.length, args.depth, args.update, args.verify_every or 262144, args.out_dir,
+                              args.provider, args.seed, progress=not args.no_progress)
+    return 0 if result["correct"] else 1
 
 
 def _guarded(cmd):

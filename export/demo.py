@@ -46,7 +46,7 @@ def verify_against_torch(session, model, source: Source, position: int) -> str:
     from ..torch_impl import TorchInfiniState
 
     N = session.segment_len
-    stop = position + N + 3 if source.data is None else min(source.length, position + N + 3)
+    stop = min(source.length, position + N + 3)
     if stop <= position:
         return "end of stream: nothing left to verify"
     ids = source.read(position, stop)
