@@ -16,7 +16,7 @@ import json
 import sys
 
 
-DEMO_LENGTH = 1 << 20
+DEMO_LENGTH = 32768  # where the committed passkey model is reliable (examples/passkey/README.md)
 
 
 def register(subparsers) -> None:
@@ -61,8 +61,9 @@ def register(subparsers) -> None:
     p.add_argument("--depth", type=float, default=0.5, help="where the passkey sits, 0 (start) .. 1 (end)")
     p.add_argument("--update", choices=["linear", "delta"], default="delta", help="which trained model")
     p.add_argument("--preset", default=None,
-                   help="instead: random weights of this preset (e.g. small), streamed --tokens long")
-    p.add_argument("--tokens", type=int, default=1_000_000, help="with --preset: tokens to stream")
+                   help="only the long-stream part, on random weights of this preset (default: small after the passkey)")
+    p.add_argument("--tokens", type=int, default=1_000_000,
+                   help="long-stream part: tokens streamed through ORT and verified against PyTorch (0: skip)")
     p.add_argument("--verify-every", type=int, default=None, metavar="T",
                    help="verify ORT against PyTorch every T tokens (default 262144; 131072 with --preset)")
     p.add_argument("--out-dir", default="artifacts/demo")
@@ -148,10 +149,15 @@ def cmd_demo(args) -> int:
         run_demo(args.preset, args.tokens, args.out_dir, args.provider, args.verify_every or 131072, args.seed,
                  progress=not args.no_progress)
         return 0
+    from .demo import run_demo
     from .passkey_demo import run_passkey_demo
 
-    result = run_passkey_demo(args.length, args.depth, args.update, args.verify_every or 262144, args.out_dir,
+    print("== Part 1: passkey retrieval by the trained model (examples/passkey) ==")
+    result = run_passkey_demo(args.length, args.depth, args.update, args.verify_every or 8192, args.out_dir,
                               args.provider, args.seed, progress=not args.no_progress)
+    if args.tokens > 0:
+        print(f"\n== Part 2: {args.tokens:,} tokens at constant memory ('small' preset, random weights) ==")
+        run_demo("small", args.tokens, args.out_dir, args.provider, 131072, args.seed, progress=not args.no_progress)
     return 0 if result["correct"] else 1
 
 

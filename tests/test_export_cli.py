@@ -92,3 +92,14 @@ def test_demo_small_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[4/4] results" in out and "4 checkpoints verified against PyTorch" in out
     assert "MISMATCH" not in out
+
+
+def test_demo_passkey_main_job(tmp_path, capsys):
+    """The README's main job on the committed passkey weights, at a short length: the whole
+    pipeline (PyTorch vs reference, export, ORT stream verified against PyTorch) and a correct
+    answer from memory (the passkey is 30+ segments before the question)."""
+    code = main(["demo", "--length", "2048", "--depth", "0.25", "--verify-every", "1024", "--tokens", "0",
+                 "--out-dir", str(tmp_path), "--no-progress", "--provider", "cpu"])
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "MISMATCH" not in out
+    assert "CORRECT" in out and code == 0, out

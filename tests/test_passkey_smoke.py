@@ -48,6 +48,17 @@ def test_generator_repeat_filler_is_the_paper_text():
     assert text == " ".join(data.FILLER_TEXT * 2)
 
 
+def test_prompt_length_puts_the_question_where_asked():
+    assert data.prompt_length(2048, 32) == 2049  # the question opens segment 64
+    assert data.prompt_length(2040, 32) == 2049  # padded with filler to the boundary
+    assert data.prompt_length(2048, 32, 5) == 2054
+    assert data.prompt_length(2048, 32, None) == 2049
+    doc = data.PasskeyDoc(data.prompt_length(100, 8), 0.5, (1, 2, 3, 4, 5))
+    assert doc.question_pos % 8 == 0
+    with pytest.raises(ValueError, match="question_offset"):
+        data.prompt_length(100, 8, 8)
+
+
 def test_generator_rejects_bad_input():
     with pytest.raises(ValueError, match="length"):
         data.PasskeyDoc(15, 0.5, (1, 2, 3, 4, 5))

@@ -44,6 +44,18 @@ NEEDLE_LEN = NEEDLE_COPIES * (N_DIGITS + 2)  # (KEY d1..d5 .) x 2
 MIN_LENGTH = NEEDLE_LEN + 2  # <s> needle QUESTION
 
 
+def prompt_length(length: int, segment_len: int, question_offset: int | None = 0) -> int:
+    """Prompt length for a document of ``length`` tokens whose question sits at ``question_offset``
+    of its segment: the document is padded with filler up to a segment boundary, so that with
+    offset 0 the question OPENS a segment (the evaluation's layout; the answer then never crosses a
+    segment boundary). ``question_offset=None``: no padding, the question is token ``length``."""
+    if question_offset is None:
+        return length + 1
+    if not 0 <= question_offset < segment_len:
+        raise ValueError(f"question_offset: expected None or 0 <= offset < {segment_len}, got {question_offset}")
+    return -(-length // segment_len) * segment_len + question_offset + 1
+
+
 def needle_tokens(passkey: np.ndarray) -> np.ndarray:
     """KEY d1 .. d5 . KEY d1 .. d5 ."""
     return np.tile(np.concatenate([[KEY], passkey, [DOT]]), NEEDLE_COPIES).astype(np.int64)

@@ -59,17 +59,19 @@ def _stream(onnx_path: Path, doc: data.PasskeyDoc, chunk: int, progress: bool, t
 def run_demo(length: int = DEMO_LENGTH, depth: float = 0.5, update: str = "delta", seed: int = 0,
              checkpoint=None, control: bool = False, out_dir=None, progress: bool = True,
              threads: int | None = None, echo=print) -> dict:
-    """Hide a random 5-digit passkey at ``depth`` of a ``length``-token prompt, ask for it at the end,
-    print what the exported model answers through ONNX Runtime; returns the facts as a dict.
+    """Hide a random 5-digit passkey at ``depth`` of a ``length``-token document, ask for it at the end
+    (the question opens a new segment: `data.prompt_length`), print what the exported model answers
+    through ONNX Runtime; returns the facts as a dict.
 
     ``control=True`` also runs the same document with the memory switched off (every gate forced
     to the local branch): it cannot answer once the passkey has left the last segment."""
     ckpt = Path(checkpoint) if checkpoint else checkpoint_path(update)
     config, params, meta = load_checkpoint(ckpt)
     a = config.attn
-    rng = np.random.default_rng(seed)
-    doc = data.PasskeyDoc(int(length), float(depth), data.random_passkey(rng), int(rng.integers(0, 2**31 - 1)))
     N = a.segment_len
+    rng = np.random.default_rng(seed)
+    doc = data.PasskeyDoc(data.prompt_length(int(length), N), float(depth), data.random_passkey(rng),
+                          int(rng.integers(0, 2**31 - 1)))
     tmp = tempfile.TemporaryDirectory() if out_dir is None else None
     out = Path(tmp.name if tmp else out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +83,9 @@ def run_demo(length: int = DEMO_LENGTH, depth: float = 0.5, update: str = "delta
         onnx_path = _export(config, params, out / f"{ckpt.stem}.onnx")
         passkey = "".join(map(str, doc.answer))
         end = doc.key_pos + data.NEEDLE_LEN - 1
-        echo(f"prompt: {doc.length:,} tokens of filler text; passkey {passkey} said at tokens {doc.key_pos:,}-{end:,} "
-             f"(depth {depth:.0%}, segment {doc.key_pos // N:,} of {-(-doc.length // N):,})")
+        echo(f"prompt: {doc.length - 1:,} tokens of filler text, then the question; passkey {passkey} said (twice) at "
+             f"tokens {doc.key_pos:,}-{end:,} (depth {depth:.0%}, segment {doc.key_pos // N:,} of "
+             f"{-(-doc.length // N):,})")
         echo(f"question at token {doc.question_pos:,}: asked {doc.distance:,} tokens after the passkey, "
              f"{doc.question_pos // N - end // N:,} segments later (local attention sees only its own segment)")
         answer, seconds, sess = _stream(onnx_path, doc, 64 * N, progress, threads)
@@ -91,10 +94,10 @@ def run_demo(length: int = DEMO_LENGTH, depth: float = 0.5, update: str = "delta
         mem = state_bytes(config)
         echo(f"model answered: {got}  -> {'CORRECT' if ok else 'WRONG'}   ({doc.length:,} tokens streamed through "
              f"ONNX Runtime {sess.provider_used} in {seconds:.1f} s, {doc.length / seconds:,.0f} tokens/s)")
-        echo(f"state carried between segments: {mem:,} bytes of compressive memory (M, z) + at most "
-             f"{sess.state_nbytes - mem:,} bytes of pending keys/values = {sess.state_nbytes:,} bytes now; "
-             f"the same at any length")
-        result = {"length": doc.length, "depth": depth, "passkey": passkey, "answer": got, "correct": ok,
+        pend = config.n_layers * a.n_kv_heads * (N - 1) * (a.d_key + a.d_value) * 4
+        echo(f"state carried from segment to segment: {mem:,} bytes of compressive memory (M, z) + the keys/values "
+             f"of the unfinished segment (at most {pend:,} bytes): constant, whatever the length")
+        result = {"length": int(length), "prompt_length": doc.length, "depth": depth, "passkey": passkey, "answer": got, "correct": ok,
                   "key_pos": doc.key_pos, "question_pos": doc.question_pos, "distance": doc.distance,
                   "memory_bytes": mem, "state_bytes": sess.state_nbytes, "seconds": seconds,
                   "checkpoint": str(ckpt)}

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     config, params, _ = load_checkpoint(args.checkpoint or checkpoint_path(args.update))
     model = InfiniTransformerLM.from_numpy(config, params, dtype=torch.float32).eval()
     last = config.n_layers - 1
-    print(f"{args.update}: last layer (layer {last}); per answer digit, the head that gives the passkey the "
+    print(f"{config.attn.update}: last layer (layer {last}); per answer digit, the head that gives the passkey the "
           f"largest share of its memory read")
     for X in parse_lengths(args.lengths):
         docs = data.make_docs(np.random.default_rng([args.seed, X]), args.samples, X + 1, args.depth)

@@ -79,10 +79,7 @@ def evaluate_cell(session, length: int, depth: float, samples: int, seed: int, p
     the layout the model was mostly trained on; the prompt is then padded with filler to a segment
     boundary; None: no padding, the question lands where the document ends)."""
     rng = np.random.default_rng([seed, length, int(round(depth * 1000))])
-    N = session.segment_len
-    prompt_len = length + 1
-    if question_offset is not None:
-        prompt_len = -(-length // N) * N + question_offset + 1
+    prompt_len = data.prompt_length(length, session.segment_len, question_offset)
     docs = data.make_docs(rng, samples, prompt_len, depth)
     t0 = time.perf_counter()
     pred = stream_docs(session, docs, progress)
@@ -141,8 +138,10 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=50, help="documents per cell (lengths < 100K)")
     p.add_argument("--samples-128k", type=int, default=20)
     p.add_argument("--samples-1m", type=int, default=8)
-    p.add_argument("--control-max-len", type=int, default=1 << 20,
-                   help="run the memory-off control up to this length")
+    p.add_argument("--control-max-len", type=int, default=1 << 17,
+                   help="run the memory-off control up to this length (default 128K: with every gate at "
+                        "1e-13 its answer cannot depend on anything before the question's segment; "
+                        "`demo --control` shows it at 1M)")
     p.add_argument("--offsets", default="0,4,8,12,16,20,24,26,27,28,29,30,31",
                    help="question offsets in its segment for the alignment check at 8x the training length "
                         "(middle depth, memory on); empty: skip")
