@@ -7,8 +7,7 @@ symbolic), writes the config into the metadata, and then checks:
   2. every input and output against io_spec.py: names, dtypes, and the dims that must be
      symbolic really are (an exporter can silently make a dynamic dim static);
   3. ONNX Runtime (CPU) against the float64 reference on random inputs streamed over many
-     calls: a prefill crossing a segment boundary, then one token at a time across the
-     next boundary, then a chunk, at batch 2; and another split at batch 1.
+     calls (selfcheck.py: the splits, and how trained weights' conditioning is allowed for).
 The file appears at ``path`` only when all pass; otherwise `ExportError` says what failed.
 """
 from __future__ import annotations
@@ -26,10 +25,10 @@ import onnx
 import onnx.numpy_helper
 import torch
 
-from ..conformance.tolerances import OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
-from ..reference import SPEC_VERSION, LMConfig, forward, lm_forward, lm_param_shapes, param_shapes
+from ..reference import SPEC_VERSION, LMConfig, lm_param_shapes, param_shapes
 from . import io_spec
 from .graph import LayerStep, LMStep
+from .selfcheck import SelfCheckError, self_check
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 DEFAULT_OPSET = 17
@@ -86,7 +85,10 @@ def export(config, params: dict, path, *, dtype: str = "float32", opset: int = D
         onnx.save(model, str(tmp))
         result = ExportResult(path, kind, config, dtype, model_id)
         if check:
-            result.checks = self_check(tmp, config, params, dtype=dtype, seed=seed)
+            try:
+                result.checks = self_check(tmp, config, rounded_params(params, dtype), dtype=dtype, seed=seed)
+            except SelfCheckError as exc:
+                raise ExportError(str(exc)) from None
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -121,52 +123,6 @@ def check_io(model: onnx.ModelProto, config, dtype: str = "float32") -> list[str
             elif not isinstance(want, str) and (not got.HasField("dim_value") or got.dim_value != want):
                 problems.append(f"{s.name} dim {axis}: expected {want}, got {got.dim_param or got.dim_value}")
     return problems
-
-
-def self_check(path, config, params: dict, *, dtype: str = "float32", seed: int = 0, provider: str = "cpu") -> list[str]:
-    """Stream random inputs through ONNX Runtime and the reference; ExportError on any mismatch."""
-    from .session import InfiniSession
-
-    N = (config.attn if isinstance(config, LMConfig) else config).segment_len
-    rounded = rounded_params(params, dtype)
-    rng = np.random.default_rng(seed)
-    plans = [(2, [N + N // 2 + 1] + [1] * (N + 1) + [N + 2]), (1, [2, N, 1, 3])]  # (batch, split)
-    lines = []
-    sess = InfiniSession(path, provider=provider)
-    for batch, split in plans:
-        T = sum(split)
-        if isinstance(config, LMConfig):
-            inp = rng.integers(0, config.vocab_size, (batch, T))
-            expected, states = lm_forward(config, rounded, inp)
-        else:
-            inp = rng.standard_normal((batch, T, config.d_model)).astype(dtype)
-            expected, state = forward(config, rounded, inp.astype(np.float64))
-            states = [state]
-        sess.reset(batch)
-        pieces, pos = [], 0
-        for size in split:
-            pieces.append(sess.feed(inp[:, pos:pos + size]))
-            pos += size
-        tag = f"batch {batch}, {T} tokens in {len(split)} calls"
-        lines.append(_check(f"{tag}: {'logits' if isinstance(config, LMConfig) else 'y'}",
-                            np.concatenate(pieces, axis=1), expected, tolerance_for(dtype, OUTPUT_TOLERANCES)))
-        got = sess.state()
-        for i, st in enumerate(states):
-            for field_, name in (("M", f"past_memory.{i}.M"), ("z", f"past_memory.{i}.z"),
-                                 ("k", f"past_key_values.{i}.key"), ("v", f"past_key_values.{i}.value")):
-                lines.append(_check(f"{tag}: state {name}", got[name], getattr(st, field_),
-                                    tolerance_for(dtype, STATE_TOLERANCES)))
-        if int(got["past_segments"]) != states[0].segments:
-            raise ExportError(f"export self-check failed ({tag}): past_segments {int(got['past_segments'])}, "
-                              f"expected {states[0].segments}")
-    return lines
-
-
-def _check(name, actual, expected, tol) -> str:
-    result = compare(name, actual, expected, tol)
-    if not result.ok:
-        raise ExportError(f"export self-check failed: ONNX Runtime vs the reference: {result.message()}")
-    return result.message()
 
 
 def _aliases(model: onnx.ModelProto, params: dict, dtype: str) -> dict:

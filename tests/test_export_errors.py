@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from infini_attention.export import ExportError, InfiniSession, export, preset_config, preset_params
-from infini_attention.export import exporter as exporter_mod
+from infini_attention.export import session as session_mod
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +127,46 @@ def test_failed_feed_leaves_state_unchanged(models, monkeypatch):
         np.testing.assert_array_equal(arr, before[name])
 
 
+def _skewed_feed(monkeypatch, factor):
+    """ONNX Runtime's outputs scaled by ``factor``: what a subtly wrong graph looks like to the self-check."""
+    real = session_mod.InfiniSession.feed
+    monkeypatch.setattr(session_mod.InfiniSession, "feed", lambda self, x, **kw: real(self, x, **kw) * factor)
+
+
 def test_export_fails_loudly_on_mismatch(tmp_path, monkeypatch):
     config = preset_config("tiny", "layer")
-    real = exporter_mod.forward
-    monkeypatch.setattr(exporter_mod, "forward", lambda c, p, x: (real(c, p, x)[0] * 1.001, real(c, p, x)[1]))
-    with pytest.raises(ExportError, match=r"export self-check failed: ONNX Runtime vs the reference: .*y: MISMATCH"):
+    _skewed_feed(monkeypatch, 1.001)
+    with pytest.raises(ExportError, match=r"export self-check failed: ONNX Runtime vs the reference: .*y: MISMATCH"
+                                          r".*the float32 PyTorch implementation on the same inputs: 0\.\d+x"):
         export(config, preset_params(config), tmp_path / "bad.onnx")
     assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_trained_weights_conditioning_does_not_rescue_a_wrong_graph(tmp_path, monkeypatch):
+    """The passkey delta checkpoint misses the float32 table (so does PyTorch float32 on the same
+    inputs) and exports by the baseline criterion; the same weights with a 0.1% skew do not."""
+    config, params = _passkey_checkpoint("delta")
+    result = export(config, params, tmp_path / "delta.onnx")
+    rescued = [line for line in result.checks if "MISMATCH" in line]
+    assert rescued and all("of the float32 PyTorch implementation" in line for line in rescued)
+    _skewed_feed(monkeypatch, 1.001)
+    with pytest.raises(ExportError, match=r"logits: MISMATCH"):
+        export(config, params, tmp_path / "skewed.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["delta.onnx"]
+
+
+def _passkey_checkpoint(update):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    try:
+        from examples.passkey.model import checkpoint_path, load_checkpoint
+    finally:
+        sys.path.remove(str(root))
+    config, params, _ = load_checkpoint(checkpoint_path(update))
+    return config, {k: np.asarray(v, np.float64) for k, v in params.items()}
 
 
 def test_export_rejects_bad_params(tmp_path):

@@ -140,14 +140,14 @@ def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tmp_path):
     text = "\n".join(lines)
     assert "passkey" in text and "bytes" in text and "tokens after the passkey" in text
 
-    results = {"command": "test", "seed": 0, "machine": "test", "memory_off_beta": -30.0,
-               "models": {"delta": {"checkpoint": "x", "train_length": 32, "state_bytes": 1,
+    results = {"models": {"delta": {"command": "test", "seed": 0, "machine": "test", "memory_off_beta": -30.0,
+                                    "checkpoint": "x", "train_length": 32, "state_bytes": 1,
                                     "cells": [dict(cell, depth_name="middle", memory="on")]}}}
     import json
 
-    (tmp_path / "eval.json").write_text(json.dumps(results))
-    assert "| on | middle |" in evaluate.markdown(results)
-    png = plots.plot_accuracy(tmp_path / "eval.json", tmp_path / "acc.png")
+    (tmp_path / "eval_delta.json").write_text(json.dumps(results))
+    assert "| on | middle |" in evaluate.markdown(evaluate.load_results(tmp_path))
+    png = plots.plot_accuracy(tmp_path, tmp_path / "acc.png")
     assert png.stat().st_size > 1000
 
 

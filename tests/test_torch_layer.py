@@ -347,3 +347,24 @@ def test_decode_branching_from_one_state_is_safe(mode):
     with torch.no_grad():
         y2, _ = layer(x[:, 12:13], sa)
     assert_close("y after mode switch", y2.numpy(), yc.numpy())
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 5, 8])
+def test_timeline_pieces_tile_the_new_tokens(N):
+    """Every (pending n, new T) pair: the pieces cover the new tokens [n, n+T) in order, the head
+    piece ends at the first segment boundary, and every block is one whole segment or the tail."""
+    from infini_attention.torch_impl.layer import timeline_pieces
+
+    for n in range(N):
+        for T in range(1, 3 * N + 2):
+            L = n + T
+            pieces = timeline_pieces(n, L, N)
+            assert [p[0] for p in pieces] == [n] + [p[1] for p in pieces[:-1]] and pieces[-1][1] == L
+            for i, (t0, t1, blocks) in enumerate(pieces):
+                assert t1 > t0 and (t1 - t0) % blocks == 0
+                if n > 0 and i == 0:
+                    assert (t1, blocks) == (min(N, L), 1)  # head: the pending tokens' segment
+                elif blocks > 1 or t1 - t0 == N:
+                    assert t0 % N == 0 and (t1 - t0) == blocks * N  # middle: whole segments
+                else:
+                    assert t0 % N == 0 and t1 == L and t1 - t0 < N  # tail: the unfinished segment

@@ -26,12 +26,27 @@ from infini_attention.reference import param_shapes as _param_shapes
 
 from . import functional as Fn
 from .params import load_arrays, to_numpy
+from .memory import memory_per_segment
 from .pending import PendingBuffer
 from .state import TorchInfiniState
 from .validation import check_config, check_detach_every, check_state, check_x
 
 PARAM_NAMES = ("wq", "wk", "wv", "wo", "beta")
 _DEFAULT = object()
+
+
+def timeline_pieces(n: int, L: int, N: int) -> list[tuple[int, int, int]]:
+    """(start, end, segment blocks) of the head, middle and tail pieces of a timeline of L positions
+    whose first n are pending (module docstring); each piece's queries are batched over its blocks."""
+    p0 = min(N, L) if n > 0 else 0  # end of the head piece
+    full = (L - p0) // N  # whole segments in the middle piece
+    p1 = p0 + full * N  # start of the tail piece
+    pieces = [(n, p0, 1)] if n > 0 else []
+    if full > 0:
+        pieces.append((p0, p1, full))
+    if p1 < L:
+        pieces.append((p1, L, 1))
+    return pieces
 
 
 class InfiniAttention(nn.Module):
@@ -102,24 +117,33 @@ class InfiniAttention(nn.Module):
     def forward(self, x: torch.Tensor, state=None, *, detach_every=_DEFAULT):
         """x (B, T, D) -> (y (B, T, D), new TorchInfiniState). The input state is not modified."""
         c = self.config
-        dt, dev = self.wq.dtype, self.wq.device
+        dt = self.wq.dtype
         x = check_x(c, x, dt, self.check_values)
         B, T, _ = x.shape
         every = self.detach_every if detach_every is _DEFAULT else check_detach_every(detach_every)
-        st = self.init_state(B) if state is None else check_state(c, state, B, dt, dev, self.check_values)
+        st = self.init_state(B) if state is None else check_state(c, state, B, dt, self.wq.device, self.check_values)
         if T == 0:
             return x.new_zeros(B, 0, c.d_model), st
         H, Hkv, dk, dv, N = c.n_heads, c.n_kv_heads, c.d_key, c.d_value, c.segment_len
         mdt = Fn.memory_dtype(dt)
-        n = st.pending
-        L = n + T  # timeline length: pending tokens then new tokens
-
         q = (x @ self.wq).view(B, T, H, dk)  # (B, T, H, dk)
         k = (x @ self.wk).view(B, T, Hkv, dk)  # (B, T, Hkv, dk)
         v = (x @ self.wv).view(B, T, Hkv, dv)  # (B, T, Hkv, dv)
-        no_grad = not torch.is_grad_enabled()
-        buf = None  # PendingBuffer holding this call's timeline (decode fast path)
-        if no_grad and L < N:
+        k, v, k_rot, buf = self._timeline(st, k, v)  # (B, L, Hkv, d): pending tokens, then new ones
+        L = k.shape[1]
+        C = L // N  # segments completed by this call
+        m_before, z_before, m_end, z_end = memory_per_segment(c, st, k, v, C, -(-L // N), every, mdt)
+        a = self._attend(q, k, v, k_rot, st, m_before, z_before, mdt)  # (B, T, H*dv)
+        y = a @ self.wo  # (B, T, D)
+        return y, self._next_state(st, k, v, C, buf, m_end, z_end)
+
+    def _timeline(self, st: TorchInfiniState, k: torch.Tensor, v: torch.Tensor):
+        """The call's keys/values (B, L, Hkv, d): the state's n pending tokens, then the T new ones.
+
+        Returns (k, v, k_rot, buf): k_rot (the rotated keys) and buf (the PendingBuffer holding
+        them) only on the decode fast path, else None."""
+        c, n, N = self.config, st.pending, self.config.segment_len
+        if not torch.is_grad_enabled() and n + k.shape[1] < N:
             # The call stays inside the unfinished segment (decoding): append to the
             # capacity-N pending buffer in place instead of concatenating (pending.py).
             buf = st._pending if st._pending is not None and st._pending.owns(st.k, st.v) else None
@@ -129,41 +153,37 @@ class InfiniAttention(nn.Module):
                     pk = st.k.transpose(1, 2)  # (B, n, Hkv, dk)
                     buf.append(pk, st.v.transpose(1, 2), self._rope_keys(pk, 0))
             buf.append(k, v, self._rope_keys(k, n))
-            k, v, k_rot = buf.views()  # (B, L, Hkv, d) views of the buffers
-        elif n > 0:  # the pending keys/values open the timeline
+            return (*buf.views(), buf)  # (B, L, Hkv, d) views of the buffers
+        if n > 0:  # the pending keys/values open the timeline
             k = torch.cat((st.k.transpose(1, 2), k), dim=1)  # (B, L, Hkv, dk)
             v = torch.cat((st.v.transpose(1, 2), v), dim=1)  # (B, L, Hkv, dv)
+        return k, v, None, None
 
-        # Piece boundaries on the timeline (see module docstring).
-        p0 = min(N, L) if n > 0 else 0  # end of head piece
-        full = (L - p0) // N  # whole segments in the middle piece
-        p1 = p0 + full * N  # start of the tail piece
-        C = L // N  # segments completed by this call
-        S = -(-L // N)  # segments touched by this call
-        pieces = []  # (timeline start of the queries, their end, segment blocks)
-        if n > 0:
-            pieces.append((n, p0, 1))
-        if full > 0:
-            pieces.append((p0, p1, full))
-        if p1 < L:
-            pieces.append((p1, L, 1))
-
-        m_before, z_before, m_end, z_end = self._memory(st, k, v, C, S, every, mdt)
+    def _gate_weights(self, st: TorchInfiniState, mdt):
+        """(w_mem, w_dot) per head (H,) for every segment, and for the stream's first segment."""
+        c = self.config
         s = torch.sigmoid(self.beta.to(mdt))  # (H,)
         w_mem, w_dot = (s, 1 - s) if c.gate_on == "memory" else (1 - s, s)
-        if c.first_segment == "local_only":
-            # The stream's first segment (none completed yet) is plain local attention.
-            # A tensor condition, not int(): keeps the forward free of host syncs.
-            first = (st.segments == 0).to(mdt)  # 0-d
-            w_mem_first, w_dot_first = w_mem * (1 - first), w_dot * (1 - first) + first
-        else:
-            w_mem_first, w_dot_first = w_mem, w_dot
+        if c.first_segment != "local_only":
+            return w_mem, w_dot, w_mem, w_dot
+        # The stream's first segment (none completed yet) is plain local attention.
+        # A tensor condition, not int(): keeps the forward free of host syncs.
+        first = (st.segments == 0).to(mdt)  # 0-d
+        return w_mem, w_dot, w_mem * (1 - first), w_dot * (1 - first) + first
+
+    def _attend(self, q, k, v, k_rot, st, m_before, z_before, mdt) -> torch.Tensor:
+        """Gated local + memory attention of the T new queries, piece by piece -> (B, T, H*dv)."""
+        c = self.config
+        B, T, H, dk = q.shape
+        Hkv, dv, N, n = c.n_kv_heads, c.d_value, c.segment_len, st.pending
+        dt, dev = q.dtype, q.device
+        w_mem, w_dot, w_mem_first, w_dot_first = self._gate_weights(st, mdt)
         # Without autograd the pieces are gated straight into one (B, T, H, dv) buffer
         # (out= / in-place ops: no concatenation, no extra copies); with autograd, out of place.
         inplace = not torch.is_grad_enabled()
         abuf = torch.empty(B, T, H, dv, dtype=dt, device=dev) if inplace else None  # (B, T, H, dv)
         outs = []
-        for t0, t1, blocks in pieces:
+        for t0, t1, blocks in timeline_pieces(n, n + T, N):
             seg0 = t0 // N  # timeline index of the piece's first segment
             ln = (t1 - t0) // blocks  # queries per block
             ks = seg0 * N  # keys start at the start of the piece's first segment
@@ -177,8 +197,8 @@ class InfiniAttention(nn.Module):
                 lk = k_p.shape[1]
                 cos, sin = self._rope(dt, dev)
                 q_p = Fn.apply_rope(q_p, cos[lk - ln:lk], sin[lk - ln:lk], c.rope_style)
-                # the pending buffer already holds rotated keys
-                k_p = k_rot if buf is not None else Fn.apply_rope(k_p, cos[:lk], sin[:lk], c.rope_style)
+                # the pending buffer already holds rotated keys (then this is the only piece)
+                k_p = k_rot if k_rot is not None else Fn.apply_rope(k_p, cos[:lk], sin[:lk], c.rope_style)
             a_dot = Fn.local_attention(q_p, k_p, v_p, c.attn_scale)  # (B*blocks, ln, H, dv)
             a_dot = a_dot.view(B, blocks, ln, H, dv)  # (B, blocks, ln, H, dv)
             wm = w_mem.expand(blocks, H)  # (blocks, H) per-segment gate weights
@@ -191,68 +211,24 @@ class InfiniAttention(nn.Module):
                                 z_before[:, seg0:seg0 + blocks], wm, c.eps, out)  # (B, blocks, ln, H, dv)
             outs.append(a.reshape(B, blocks * ln, H * dv))  # (B, t1 - t0, H*dv)
         if inplace:
-            a = abuf.view(B, T, H * dv)  # (B, T, H*dv)
-        else:
-            a = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, T, H*dv)
-        y = a @ self.wo  # (B, T, D)
+            return abuf.view(B, T, H * dv)  # (B, T, H*dv)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, T, H*dv)
 
-        # Pending keys/values of the new state: (B, Hkv, r, d), r = L - C*N.
-        r = L - C * N
-        if buf is None and no_grad and 0 < r:
+    def _next_state(self, st, k, v, C, buf, m_end, z_end) -> TorchInfiniState:
+        """The state after the call: memory after the C completed segments, and the pending
+        keys/values (B, Hkv, r, d) of the r = L - C*N tokens of the unfinished segment."""
+        N = self.config.segment_len
+        r = k.shape[1] - C * N
+        if buf is None and not torch.is_grad_enabled() and 0 < r:
             # seed a pending buffer so that the decoding calls that follow append in place
-            buf = PendingBuffer.allocate(k, v, N, c.rope_theta is not None)
+            buf = PendingBuffer.allocate(k, v, N, self.config.rope_theta is not None)
             buf.append(k[:, C * N:], v[:, C * N:], self._rope_keys(k[:, C * N:], 0))
         if buf is not None:
             k_pend, v_pend = buf.k[:, :, :r], buf.v[:, :, :r]  # views of the buffers
         else:  # copies, so the state does not pin the whole call's k/v
             k_pend = k[:, C * N:].transpose(1, 2).contiguous()  # (B, Hkv, r, dk)
             v_pend = v[:, C * N:].transpose(1, 2).contiguous()  # (B, Hkv, r, dv)
-        new_state = TorchInfiniState(M=m_end, z=z_end, k=k_pend, v=v_pend, segments=st.segments + C,
-                                     _pending=buf)
-        return y, new_state
-
-    # ----------------------------------------------------------------------- memory
-
-    def _memory(self, st, k, v, C, S, every, mdt):
-        """Memory before each of the S touched segments, and after the C completed ones.
-
-        k (B, L, Hkv, dk), v (B, L, Hkv, dv) timeline keys/values (pre-RoPE).
-        Returns m_before (B, S, Hkv, dk, dv), z_before (B, S, Hkv, dk), m_end, z_end."""
-        c = self.config
-        B, _, Hkv, dk = k.shape
-        dv = v.shape[-1]
-        N = c.segment_len
-        m0, z0 = st.M, st.z
-        if C == 0:
-            return m0[:, None], z0[:, None], m0, z0
-        sk = Fn.sigma(k[:, :C * N].to(mdt)).reshape(B, C, N, Hkv, dk)  # (B, C, N, Hkv, dk)
-        vc = v[:, :C * N].to(mdt).reshape(B, C, N, Hkv, dv)  # (B, C, N, Hkv, dv)
-        sk = sk.permute(0, 3, 1, 2, 4)  # (B, Hkv, C, N, dk)
-        vc = vc.permute(0, 3, 1, 2, 4)  # (B, Hkv, C, N, dv)
-        if c.update == "linear" and every is None:
-            dm, dz = Fn.linear_updates(sk, vc)  # (B, Hkv, C, dk, dv), (B, Hkv, C, dk)
-            # exclusive prefix sum, accumulated in the reference's order (M0 + dM0) + dM1 ...
-            ms = torch.cat((m0[:, :, None], dm), dim=2).cumsum(dim=2)  # (B, Hkv, C+1, dk, dv)
-            zs = torch.cat((z0[:, :, None], dz), dim=2).cumsum(dim=2)  # (B, Hkv, C+1, dk)
-            ms, zs = ms.transpose(1, 2), zs.transpose(1, 2)  # (B, C+1, Hkv, ...)
-            # the end state is copied out so it does not pin the (C+1)-long buffers
-            return ms[:, :S], zs[:, :S], ms[:, C].contiguous(), zs[:, C].contiguous()
-        g0 = int(st.segments) if every is not None else 0  # host sync only with detach_every
-        m, z = m0, z0
-        if every is not None and g0 % every == 0:
-            m, z = m.detach(), z.detach()
-        ms, zs = [m], [z]
-        for i in range(C):  # a loop over segments, never tokens
-            if c.update == "delta":
-                m, z = Fn.delta_update(m, z, sk[:, :, i], vc[:, :, i], c.eps)
-            else:
-                m = m + sk[:, :, i].transpose(-1, -2) @ vc[:, :, i]  # (B, Hkv, dk, dv)
-                z = z + sk[:, :, i].sum(dim=-2)  # (B, Hkv, dk)
-            if every is not None and (g0 + i + 1) % every == 0:
-                m, z = m.detach(), z.detach()  # truncated BPTT through the memory
-            ms.append(m)
-            zs.append(z)
-        return torch.stack(ms[:S], dim=1), torch.stack(zs[:S], dim=1), m, z
+        return TorchInfiniState(M=m_end, z=z_end, k=k_pend, v=v_pend, segments=st.segments + C, _pending=buf)
 
     def _rope_keys(self, k: torch.Tensor, start: int) -> torch.Tensor | None:
         """k (B, t, Hkv, dk) at offsets start .. start+t-1, rotated; None without RoPE."""

@@ -11,7 +11,9 @@ through an `InfiniSession`: the prompt is generated and fed chunk by chunk (ORT 
 segment; the state is M, z and the pending keys/values, constant in size), then the answer is
 decoded greedily, token by token (5 calls). A sample is correct when all 5 digits are.
 
-Writes ``results/eval.json`` (every cell, with timings and the command) and ``results/RESULTS.md``.
+Writes ``results/eval_{update}.json`` (every cell, with timings and the command) and
+``results/RESULTS.md`` (from every ``eval_*.json`` there). The two checkpoints can be evaluated in
+parallel, one process each (``--update linear`` / ``--update delta``, one thread each).
 """
 from __future__ import annotations
 
@@ -34,19 +36,58 @@ DEPTHS = {"start": 0.0, "middle": 0.5, "end": 1.0}
 FEED_CHUNK = 4096  # tokens generated and handed to the session per feed() (it runs one call per segment)
 
 
-def export_onnx(ckpt: Path, control: bool = False, out_dir: Path = ONNX_DIR) -> Path:
-    """Export the checkpoint (or its memory-off control) to ONNX; cached by the checkpoint's mtime."""
+EXPORT_NOTES: dict[str, str] = {}  # onnx path -> how it was checked
+
+
+def export_checked(config, params: dict, out: Path) -> Path:
+    """`infini_attention.export.export` (its self-check: ONNX Runtime vs the NumPy reference on random
+    token ids, allowing for these weights' conditioning), then ONNX Runtime vs the PyTorch model on
+    real passkey documents (`check_against_torch`); EXPORT_NOTES[out] records both."""
     from infini_attention.export import export
 
+    r = export(config, {k: np.asarray(v, np.float64) for k, v in params.items()}, out)
+    by_baseline = sum("PyTorch implementation" in line for line in r.checks)
+    EXPORT_NOTES[str(out)] = (f"exporter self-check passed ({len(r.checks)} comparisons"
+                              + (f", {by_baseline} within the float32 PyTorch baseline" if by_baseline else "")
+                              + "); " + check_against_torch(config, params, out))
+    return out
+
+
+def check_against_torch(config, params: dict, onnx_path: Path, seed: int = 0) -> str:
+    """ORT vs the PyTorch model (float32) on passkey documents: logits, and the greedy answers."""
+    import torch
+
+    from infini_attention.conformance.tolerances import OUTPUT_TOLERANCES, compare, tolerance_for
+    from infini_attention.torch_impl import InfiniTransformerLM
+
+    N = config.attn.segment_len
+    model = InfiniTransformerLM.from_numpy(config, params, dtype=torch.float32).eval()
+    docs = data.make_docs(np.random.default_rng(seed), 4, data.prompt_length(8 * N, N), 0.25)
+    prompt = np.stack([d.prompt() for d in docs])
+    with torch.no_grad():
+        want_logits, _ = model(torch.from_numpy(prompt))
+        want, _ = model.generate(torch.from_numpy(prompt), data.N_DIGITS)
+    sess = open_session(onnx_path, len(docs), 1)
+    got_logits = sess.feed(prompt)
+    got = sess.generate(data.N_DIGITS)
+    r = compare("logits ORT vs PyTorch", got_logits, want_logits.numpy(), tolerance_for("float32", OUTPUT_TOLERANCES))
+    if not r.ok or not np.array_equal(got, want[:, -data.N_DIGITS:].numpy()):
+        raise RuntimeError(f"ONNX Runtime disagrees with PyTorch on passkey documents: {r.message()}; greedy answers "
+                           f"{got.tolist()} vs {want[:, -data.N_DIGITS:].tolist()}")
+    return (f"ONNX Runtime vs PyTorch float32 on {len(docs)} passkey documents of {prompt.shape[1]} tokens: "
+            f"max |logit error| {r.max_abs:.1e}, {r.score:.3g}x the float32 tolerance; identical greedy answers")
+
+
+def export_onnx(ckpt: Path, control: bool = False, out_dir: Path = ONNX_DIR) -> Path:
+    """Export the checkpoint (or its memory-off control) to ONNX; cached by the checkpoint's mtime."""
     config, params, _ = load_checkpoint(ckpt)
     if control:
         params = memory_off(params)
     out = Path(out_dir) / f"{ckpt.stem}{'_memoff' if control else ''}.onnx"
-    if out.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
+    if out.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime and str(out) in EXPORT_NOTES:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    export(config, {k: v.astype(np.float64) for k, v in params.items()}, out)
-    return out
+    return export_checked(config, params, out)
 
 
 def open_session(onnx_path: Path, batch: int, threads: int | None = None):
@@ -67,7 +108,7 @@ def stream_docs(session, docs: list, progress=None) -> np.ndarray:
         stop = min(length, pos + FEED_CHUNK)
         session.feed(np.stack([d.chunk(pos, stop) for d in docs]), outputs="none")
         if progress is not None:
-            progress.update(stop - pos)
+            progress.update((stop - pos) * len(docs))
         pos = stop
     return session.generate(data.N_DIGITS)
 
@@ -145,9 +186,12 @@ def main(argv=None) -> int:
     p.add_argument("--offsets", default="0,4,8,12,16,20,24,26,27,28,29,30,31",
                    help="question offsets in its segment for the alignment check at 8x the training length "
                         "(middle depth, memory on); empty: skip")
+    p.add_argument("--checks-only", action="store_true",
+                   help="keep the table of an existing eval_{update}.json; redo the alignment and control checks")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "eval.json")
+    p.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
+                   help="writes eval_{update}.json here, and RESULTS.md from every eval_*.json in it")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     command = "python -m examples.passkey.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -158,8 +202,7 @@ def main(argv=None) -> int:
         updates = ["linear", "delta"] if args.update == "both" else [args.update]
         ckpts = {u: checkpoint_path(u) for u in updates}
     depths = {name: DEPTHS[name] for name in args.depths.split(",")}
-    results = {"command": command, "seed": args.seed, "machine": f"{platform.machine()}, {args.threads} threads",
-               "memory_off_beta": MEMORY_OFF_BETA, "models": {}}
+    machine = f"{platform.machine()}, {args.threads} thread{'s' if args.threads > 1 else ''}"
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -168,11 +211,19 @@ def main(argv=None) -> int:
         config, params, meta = load_checkpoint(ckpt)
         train_len = int(meta.get("train_length", 0)) or 256
         lengths = parse_lengths(args.lengths) if args.lengths else [train_len, 8 * train_len, 32768, 131072, 1 << 20]
-        entry = {"checkpoint": str(ckpt.relative_to(HERE)) if ckpt.is_relative_to(HERE) else str(ckpt),
+        entry = {"command": command, "seed": args.seed, "machine": machine, "memory_off_beta": MEMORY_OFF_BETA,
+                 "checkpoint": str(ckpt.relative_to(HERE)) if ckpt.is_relative_to(HERE) else str(ckpt),
                  "train_length": train_len, "config": config.to_dict(), "state_bytes": state_bytes(config),
                  "cells": []}
+        out_json = args.out_dir / f"eval_{update}.json"
+        if args.checks_only:  # keep the table, redo the two checks below
+            entry = json.loads(out_json.read_text())["models"][update]
+            entry["checks_command"] = command
         for control in (False, True):
             onnx_path = export_onnx(ckpt, control)
+            entry[f"export_{'control' if control else 'model'}"] = EXPORT_NOTES[str(onnx_path)]
+            if args.checks_only:
+                continue
             runs = [(L, dn) for L in lengths for dn in depths if not (control and L > args.control_max_len)]
             total = sum(samples_for(L, args) * L for L, _ in runs)
             bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not args.progress or tqdm is None,
@@ -202,38 +253,52 @@ def main(argv=None) -> int:
                 entry["alignment"].append(cell)
                 print(f"{update:6s} alignment: question at offset {off:2d} of its segment "
                       f"({fmt_len(8 * train_len)}, middle): {cell['correct']}/{cell['samples']}")
-        if not args.lengths:
+        N = config.attn.segment_len
+        if not args.lengths and N - 12 >= data.NEEDLE_LEN:
             # sanity of the control: with the passkey INSIDE the question's segment (question at offset
-            # N-1, passkey right before it), local attention alone can answer
-            N = config.attn.segment_len
+            # N-12, passkey right before it, the answer inside the segment too), local attention can answer
             entry["local_check"] = []
             for control in (False, True):
                 sess = open_session(export_onnx(ckpt, control), args.samples, args.threads)
-                cell = evaluate_cell(sess, 8 * train_len, 1.0, args.samples, args.seed, question_offset=N - 1)
-                cell.update(depth_name="end", memory="off" if control else "on", question_offset=N - 1)
+                cell = evaluate_cell(sess, 8 * train_len, 1.0, args.samples, args.seed, question_offset=N - 12)
+                cell.update(depth_name="end", memory="off" if control else "on", question_offset=N - 12)
                 entry["local_check"].append(cell)
                 print(f"{update:6s} passkey inside the last segment, memory {cell['memory']}: "
                       f"{cell['correct']}/{cell['samples']}")
-        results["models"][update] = entry
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    md = markdown(results)
-    args.out.with_name("RESULTS.md").write_text(md)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps({"models": {update: entry}}, indent=1) + "\n")
+    md = markdown(load_results(args.out_dir))
+    (args.out_dir / "RESULTS.md").write_text(md)
     print(md)
     return 0
 
 
+def load_results(path) -> dict:
+    """{"models": {update: entry}} merged from ``path`` (an eval_*.json file or a folder of them)."""
+    path = Path(path)
+    files = sorted(path.glob("eval_*.json")) if path.is_dir() else [path]
+    models = {}
+    for f in files:
+        models.update(json.loads(f.read_text())["models"])
+    order = {"linear": 0, "delta": 1}
+    return {"models": dict(sorted(models.items(), key=lambda kv: order.get(kv[0], 2)))}
+
+
 def markdown(results: dict) -> str:
     lines = ["# Passkey retrieval through ONNX Runtime", "",
-             f"Produced by `{results['command']}` (seed {results['seed']}, {results['machine']}).", "",
-             "Accuracy = all 5 digits right, greedy decoding, streamed segment by segment through the exported",
-             "ONNX model. `memory off`: the same weights with every gate beta set to "
-             f"{results['memory_off_beta']} (local attention only). Cells give correct/samples.", ""]
+             "Accuracy = all 5 digits right, greedy decoding, the documents streamed segment by segment through the",
+             "exported ONNX model in ONNX Runtime. Context length = tokens of the document before the question (which",
+             "opens the next segment). `memory off`: the same weights with every gate beta set to -30 (local attention",
+             "only). Cells: accuracy (correct/samples).", ""]
     for update, entry in results["models"].items():
         cells = entry["cells"]
         lengths = sorted({c["length"] for c in cells})
         lines += [f"## {update} update (`{entry['checkpoint']}`, training length {entry['train_length']}, "
                   f"memory state {entry['state_bytes']:,} bytes)", "",
+                  f"Produced by `{entry['command']}` (seed {entry['seed']}, {entry['machine']}; "
+                  f"{sum(c['seconds'] for c in cells) / 60:.0f} min of streaming)"
+                  + (f"; the two checks below by `{entry['checks_command']}`." if entry.get("checks_command") else "."),
+                  "",
                   "| memory | depth | " + " | ".join(fmt_len(L) for L in lengths) + " |",
                   "|---|---|" + "---|" * len(lengths)]
         for mem in ("on", "off"):
@@ -249,9 +314,9 @@ def markdown(results: dict) -> str:
         if entry.get("local_check"):
             on, off = entry["local_check"]
             lines += [f"Control sanity ({fmt_len(on['length'])} tokens): with the passkey inside the question's own "
-                      f"segment (question at offset {on['question_offset']}, passkey just before it), local attention "
-                      f"can see it: memory on {on['correct']}/{on['samples']}, memory off "
-                      f"{off['correct']}/{off['samples']}.", ""]
+                      f"segment (question at offset {on['question_offset']}, passkey just before it, so local attention "
+                      f"sees it): memory on {on['correct']}/{on['samples']}, memory off {off['correct']}/{off['samples']}: "
+                      "the control is a working model that fails elsewhere only for want of memory.", ""]
         if entry.get("alignment"):
             al = entry["alignment"]
             lines += [f"Alignment check ({fmt_len(al[0]['length'])} tokens, middle depth, memory on): accuracy by the "

@@ -6,7 +6,7 @@
   each checkpoint (the paper's Figure 3: specialised heads near 0 (local) or 1 (memory), "mixer"
   heads near 0.5);
 - ``results/accuracy_vs_length.png``: passkey accuracy against context length from
-  ``results/eval.json``, per update rule and depth, with the memory-off control.
+  ``results/eval_*.json``, per update rule and depth, with the memory-off control.
 """
 from __future__ import annotations
 
@@ -57,8 +57,10 @@ def plot_accuracy(eval_json: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = json.loads(Path(eval_json).read_text())
-    fig, ax = plt.subplots(figsize=(7, 4))
+    from .evaluate import load_results
+
+    results = load_results(eval_json)
+    fig, ax = plt.subplots(figsize=(9, 4))
     colors = {"linear": "tab:blue", "delta": "tab:red"}
     markers = {"start": "o", "middle": "s", "end": "^"}
     for update, entry in results["models"].items():
@@ -80,7 +82,7 @@ def plot_accuracy(eval_json: Path, out: Path) -> Path:
     ax.set_ylabel("passkey accuracy (all 5 digits)")
     ax.set_title("Passkey retrieval, streamed through ONNX Runtime", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="center left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -89,11 +91,11 @@ def plot_accuracy(eval_json: Path, out: Path) -> Path:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--eval-json", type=Path, default=RESULTS_DIR / "eval.json")
+    p.add_argument("--eval-json", type=Path, default=RESULTS_DIR, help="an eval_*.json file or a folder of them")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     print(plot_gates(args.out_dir / "gates.png"))
-    if args.eval_json.is_file():
+    if args.eval_json.is_file() or list(args.eval_json.glob("eval_*.json")):
         print(plot_accuracy(args.eval_json, args.out_dir / "accuracy_vs_length.png"))
     else:
         print(f"no {args.eval_json}: run `python -m examples.passkey.evaluate` first for the accuracy plot")

@@ -1,16 +1,19 @@
 """Train a small Infini-Transformer on passkey retrieval, from scratch, on CPU.
 
-    python -m examples.passkey.train --update delta      # ~7 min on 2 cores
-    python -m examples.passkey.train --update linear
+    python -m examples.passkey.train --update linear      # ~10 min on 2 cores
+    python -m examples.passkey.train --update delta
 
 Each step is one batch of documents of a random length (``--min-len`` .. ``--max-len`` prompt
 tokens), forwarded in ONE call of ``InfiniTransformerLM``: the segments are processed in order
 and the loss back-propagates through the compressive memory across all of them (full BPTT, the
 paper's setting). The loss is cross-entropy on the 5 answer digits, plus ``--lm-weight`` times
-the next-token loss on the predictable tokens (filler and markers).
+the next-token loss on the predictable tokens (filler, markers, the passkey's second copy).
+After the length curriculum, a share of the steps adds the memory of c times a filler run to the
+state at a segment boundary ("dilution augmentation", `forward_diluted`), so that 256-token
+documents teach the model what a million tokens of filler do to a memory read.
 
-The checkpoint (``checkpoints/passkey_{update}.npz``, float32) and a training log
-(``results/train_{update}.json``) are written at the end; everything is seeded.
+The checkpoint (``checkpoints/passkey_{update}.npz``, float32, plus a sidecar ``.json``) and a
+training log (``results/train_{update}.json``) are written at the end; everything is seeded.
 """
 from __future__ import annotations
 
