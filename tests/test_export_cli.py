@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from infini_attention.export import InfiniSession, preset_config, preset_params
+from infini_attention.export import InfiniSession, preset_config
 from infini_attention.export.checkpoint import save_checkpoint
 from infini_attention.export.cli import main
 

@@ -116,7 +116,7 @@ def test_checkpoint_roundtrip_and_control(tiny_run, tmp_path):
 
 def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from examples.passkey import demo, evaluate, plots
+    from examples.passkey import demo, evaluate, plots, report
 
     _, ckpt, _ = tiny_run
     onnx_path = evaluate.export_onnx(ckpt, control=False, out_dir=tmp_path)
@@ -146,7 +146,7 @@ def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tmp_path):
     import json
 
     (tmp_path / "eval_delta.json").write_text(json.dumps(results))
-    assert "| on | middle |" in evaluate.markdown(evaluate.load_results(tmp_path))
+    assert "| on | middle |" in report.markdown(report.load_results(tmp_path))
     png = plots.plot_accuracy(tmp_path, tmp_path / "acc.png")
     assert png.stat().st_size > 1000
 

@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from . import data
-from .model import (CHECKPOINT_DIR, HERE, MEMORY_OFF_BETA, checkpoint_path, load_checkpoint, memory_off,
-                    state_bytes)
+from .model import HERE, MEMORY_OFF_BETA, checkpoint_path, load_checkpoint, memory_off, state_bytes
+from .report import DEPTHS, fmt_len, load_results, markdown
 
 RESULTS_DIR = HERE / "results"
 ONNX_DIR = HERE.parents[1] / "artifacts" / "passkey"  # artifacts/ is git-ignored
-DEPTHS = {"start": 0.0, "middle": 0.5, "end": 1.0}
 FEED_CHUNK = 4096  # tokens generated and handed to the session per feed() (it runs one call per segment)
 
 
@@ -161,14 +160,6 @@ def samples_for(length: int, args) -> int:
     return args.samples
 
 
-def fmt_len(n: int) -> str:
-    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
-        return f"{n // (1024 * 1024)}M"
-    if n >= 1024 and n % 1024 == 0:
-        return f"{n // 1024}K"
-    return str(n)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--update", choices=["linear", "delta", "both"], default="both")
@@ -271,61 +262,6 @@ def main(argv=None) -> int:
     (args.out_dir / "RESULTS.md").write_text(md)
     print(md)
     return 0
-
-
-def load_results(path) -> dict:
-    """{"models": {update: entry}} merged from ``path`` (an eval_*.json file or a folder of them)."""
-    path = Path(path)
-    files = sorted(path.glob("eval_*.json")) if path.is_dir() else [path]
-    models = {}
-    for f in files:
-        models.update(json.loads(f.read_text())["models"])
-    order = {"linear": 0, "delta": 1}
-    return {"models": dict(sorted(models.items(), key=lambda kv: order.get(kv[0], 2)))}
-
-
-def markdown(results: dict) -> str:
-    lines = ["# Passkey retrieval through ONNX Runtime", "",
-             "Accuracy = all 5 digits right, greedy decoding, the documents streamed segment by segment through the",
-             "exported ONNX model in ONNX Runtime. Context length = tokens of the document before the question (which",
-             "opens the next segment). `memory off`: the same weights with every gate beta set to -30 (local attention",
-             "only). Cells: accuracy (correct/samples).", ""]
-    for update, entry in results["models"].items():
-        cells = entry["cells"]
-        lengths = sorted({c["length"] for c in cells})
-        lines += [f"## {update} update (`{entry['checkpoint']}`, training length {entry['train_length']}, "
-                  f"memory state {entry['state_bytes']:,} bytes)", "",
-                  f"Produced by `{entry['command']}` (seed {entry['seed']}, {entry['machine']}; "
-                  f"{sum(c['seconds'] for c in cells) / 60:.0f} min of streaming)"
-                  + (f"; the two checks below by `{entry['checks_command']}`." if entry.get("checks_command") else "."),
-                  "",
-                  "| memory | depth | " + " | ".join(fmt_len(L) for L in lengths) + " |",
-                  "|---|---|" + "---|" * len(lengths)]
-        for mem in ("on", "off"):
-            for dname in DEPTHS:
-                row = []
-                for L in lengths:
-                    c = next((c for c in cells if c["length"] == L and c["depth_name"] == dname
-                              and c["memory"] == mem), None)
-                    row.append("" if c is None else f"{100 * c['accuracy']:.0f}% ({c['correct']}/{c['samples']})")
-                if any(row):
-                    lines.append(f"| {mem} | {dname} | " + " | ".join(row) + " |")
-        lines.append("")
-        if entry.get("local_check"):
-            on, off = entry["local_check"]
-            lines += [f"Control sanity ({fmt_len(on['length'])} tokens): with the passkey inside the question's own "
-                      f"segment (question at offset {on['question_offset']}, passkey just before it, so local attention "
-                      f"sees it): memory on {on['correct']}/{on['samples']}, memory off {off['correct']}/{off['samples']}: "
-                      "the control is a working model that fails elsewhere only for want of memory.", ""]
-        if entry.get("alignment"):
-            al = entry["alignment"]
-            lines += [f"Alignment check ({fmt_len(al[0]['length'])} tokens, middle depth, memory on): accuracy by the "
-                      "question's offset in its segment (the answer crosses a segment boundary at offsets >= "
-                      f"{entry['config']['attn']['segment_len'] - 4}):", "",
-                      "| offset | " + " | ".join(str(c["question_offset"]) for c in al) + " |",
-                      "|---|" + "---|" * len(al),
-                      "| accuracy | " + " | ".join(f"{100 * c['accuracy']:.0f}%" for c in al) + " |", ""]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

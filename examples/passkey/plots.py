@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +56,7 @@ def plot_accuracy(eval_json: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluate import load_results
+    from .report import load_results
 
     results = load_results(eval_json)
     fig, ax = plt.subplots(figsize=(9, 4))
