@@ -34,7 +34,7 @@ def run_passkey_demo(length: int, depth: float = 0.5, update: str = "linear", ve
                      echo=print) -> dict:
     result = _passkey_module("demo").run_demo(length, depth, update, seed, out_dir=out_dir, progress=progress,
                                               provider=provider, verify_every=verify_every, echo=echo)
-    echo(f"peak RSS {result['peak_rss_first'] / 2**20:.1f} MiB after {verify_every:,} tokens, "
+    echo(f"peak RSS {result['peak_rss_first'] / 2**20:.1f} MiB after {result['first_checkpoint']:,} tokens, "
          f"{result['peak_rss_end'] / 2**20:.1f} MiB after {result['prompt_length']:,} "
          f"({100 * (result['peak_rss_end'] / result['peak_rss_first'] - 1):+.1f}%)")
     return result

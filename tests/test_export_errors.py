@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from infini_attention.export import ExportError, InfiniSession, export, preset_config, preset_params
+from infini_attention.export import selfcheck as selfcheck_mod
 from infini_attention.export import session as session_mod
 
 
@@ -140,6 +141,18 @@ def test_export_fails_loudly_on_mismatch(tmp_path, monkeypatch):
                                           r".*the float32 PyTorch implementation on the same inputs: 0\.\d+x"):
         export(config, preset_params(config), tmp_path / "bad.onnx")
     assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_bug_shared_with_torch_impl_is_not_rescued(tmp_path, monkeypatch):
+    """ONNX Runtime and torch_impl equally far from the reference (what a bug in the primitives the
+    graph shares with torch_impl looks like): the baseline is no excuse, the export fails."""
+    config = preset_config("tiny", "layer")
+    real = selfcheck_mod.forward
+    monkeypatch.setattr(selfcheck_mod, "forward", lambda c, p, x: (real(c, p, x)[0] * 1.001, real(c, p, x)[1]))
+    with pytest.raises(ExportError, match=r"y: MISMATCH .*the float32 PyTorch implementation on the same inputs: "
+                                          r"\d+(\.\d+)?x tolerance"):
+        export(config, preset_params(config), tmp_path / "bad.onnx")
+    assert os.listdir(tmp_path) == []
 
 
 def test_trained_weights_conditioning_does_not_rescue_a_wrong_graph(tmp_path, monkeypatch):

@@ -115,6 +115,7 @@ def run_demo(length: int = DEMO_LENGTH, depth: float = 0.5, update: str = "linea
                   "distance": doc.distance, "memory_bytes": mem, "state_bytes": sess.state_nbytes,
                   "seconds": report.seconds, "tokens_per_second": report.tokens_per_second,
                   "peak_rss_first": first["peak_rss"], "peak_rss_end": last["peak_rss"],
+                  "first_checkpoint": first["position"],
                   "verified": len(report.checkpoints) if verify_every else 0, "checkpoint": str(ckpt)}
         if control:
             off = export_checked(config, memory_off(params), out / f"{ckpt.stem}_memoff.onnx")
