@@ -53,14 +53,10 @@ def self_check(path, config, rounded: dict, *, dtype: str = "float32", seed: int
             inp = rng.standard_normal((batch, T, config.d_model)).astype(dtype)
             expected, state = forward(config, rounded, inp.astype(np.float64))
             states = [state]
-        sess.reset(batch)
-        pieces, pos = [], 0
-        for size in split:
-            pieces.append(sess.feed(inp[:, pos:pos + size]))
-            pos += size
+        out = feed_split(sess, inp, split)
         tag = f"batch {batch}, {T} tokens in {len(split)} calls"
         baseline = _Baseline(config, rounded, dtype, inp)
-        lines.append(_check(f"{tag}: {'logits' if is_lm else 'y'}", np.concatenate(pieces, axis=1), expected,
+        lines.append(_check(f"{tag}: {'logits' if is_lm else 'y'}", out, expected,
                             OUTPUT_TOLERANCES, dtype, lambda: baseline.output))
         got = sess.state()
         for i, st in enumerate(states):
@@ -71,6 +67,20 @@ def self_check(path, config, rounded: dict, *, dtype: str = "float32", seed: int
             raise SelfCheckError(f"export self-check failed ({tag}): past_segments {int(got['past_segments'])}, "
                                  f"expected {states[0].segments}")
     return lines
+
+
+def feed_split(sess, x: np.ndarray, split) -> np.ndarray:
+    """Start a new stream of x's batch and feed x (B, T[, D]) in calls of the sizes in ``split``;
+    the outputs concatenated: (B, T, vocab_size) logits or (B, T, d_model) y."""
+    sess.reset(x.shape[0])
+    outs, pos = [], 0
+    for size in split:
+        outs.append(sess.feed(x[:, pos:pos + size]))
+        pos += size
+    if outs:
+        return np.concatenate(outs, axis=1)
+    width = sess.config.vocab_size if isinstance(sess.config, LMConfig) else sess.config.d_model
+    return np.zeros((x.shape[0], 0, width))
 
 
 def _check(name, actual, expected, table, dtype, baseline) -> str:

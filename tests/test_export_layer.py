@@ -12,6 +12,7 @@ from infini_attention.conformance.tolerances import STATE_TOLERANCES, assert_clo
 from infini_attention.export import InfiniSession, export, preset_params
 from infini_attention.export.exporter import check_io, rounded_params
 from infini_attention.export.io_spec import SYMBOLIC_DIMS
+from infini_attention.export.selfcheck import feed_split
 from infini_attention.reference import InfiniConfig, forward
 
 CONFIGS = {
@@ -33,15 +34,6 @@ def layer(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("layer") / f"{request.param}.onnx"
     result = export(config, params, path)
     return config, params, path, InfiniSession(path, provider="cpu"), result
-
-
-def _stream(sess, x, split):
-    sess.reset(x.shape[0])
-    outs, pos = [], 0
-    for size in split:
-        outs.append(sess.feed(x[:, pos:pos + size]))
-        pos += size
-    return np.concatenate(outs, axis=1) if outs else np.zeros((x.shape[0], 0, x.shape[2]))
 
 
 def _compare(config, params, sess, x, y):
@@ -68,7 +60,7 @@ def test_any_split_matches_reference(layer, data):
     B = data.draw(st.integers(1, 3), label="B")
     split = data.draw(splits(T))
     x = np.random.default_rng(T).standard_normal((B, T, config.d_model))
-    _compare(config, params, sess, x, _stream(sess, x, split))
+    _compare(config, params, sess, x, feed_split(sess, x, split))
 
 
 def test_prefill_then_token_by_token_across_boundaries(layer):
@@ -77,7 +69,7 @@ def test_prefill_then_token_by_token_across_boundaries(layer):
     T = 3 * N + 2
     x = np.random.default_rng(0).standard_normal((2, T, config.d_model))
     split = [N + N // 2 + 1] + [1] * (T - (N + N // 2 + 1))  # a long prefill, then one token per call
-    _compare(config, params, sess, x, _stream(sess, x, split))
+    _compare(config, params, sess, x, feed_split(sess, x, split))
 
 
 def test_graph_dims_are_symbolic(layer):
@@ -104,4 +96,4 @@ def test_random_configs_export_and_stream(tmp_path_factory, config, data):
     sess = InfiniSession(path, provider="cpu")
     T = data.draw(st.integers(1, 3 * config.segment_len + 1), label="T")
     x = np.random.default_rng(1).standard_normal((2, T, config.d_model))
-    _compare(config, params, sess, x, _stream(sess, x, data.draw(splits(T))))
+    _compare(config, params, sess, x, feed_split(sess, x, data.draw(splits(T))))

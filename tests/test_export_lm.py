@@ -14,6 +14,7 @@ from infini_attention.conformance.tolerances import STATE_TOLERANCES, assert_clo
 from infini_attention.export import METADATA_KEYS, InfiniSession, export, preset_config, preset_params
 from infini_attention.export.checkpoint import params_from_onnx
 from infini_attention.export.exporter import check_io, rounded_params
+from infini_attention.export.selfcheck import feed_split
 from infini_attention.export.io_spec import config_from_json
 from infini_attention.reference import lm_forward
 
@@ -36,15 +37,6 @@ def _reference(config, params, ids, dtype="float32"):
     return lm_forward(config, rounded_params(params, dtype), ids)
 
 
-def _stream(sess, ids, split):
-    sess.reset(ids.shape[0])
-    outs, pos = [], 0
-    for size in split:
-        outs.append(sess.feed(ids[:, pos:pos + size]))
-        pos += size
-    return np.concatenate(outs, axis=1) if outs else np.zeros((ids.shape[0], 0, sess.config.vocab_size))
-
-
 def _assert_states(sess, ref_states, dtype="float32"):
     got = sess.state()
     for i, s in enumerate(ref_states):
@@ -62,7 +54,7 @@ def test_any_split_matches_reference(tiny, sess, data):
     T = data.draw(st.integers(0, 5 * config.attn.segment_len + 3), label="T")
     B = data.draw(st.integers(1, 2), label="B")
     ids = np.random.default_rng(T).integers(0, config.vocab_size, (B, T))
-    logits = _stream(sess, ids, data.draw(splits(T)))
+    logits = feed_split(sess, ids, data.draw(splits(T)))
     expected, states = _reference(config, params, ids)
     assert_close("logits", logits, expected, "float32")
     _assert_states(sess, states)
@@ -73,7 +65,7 @@ def test_long_prefill_then_tokens_across_boundaries(tiny, sess):
     N = config.attn.segment_len
     prefill = 40 * N + 3  # many segments in one call
     ids = np.random.default_rng(1).integers(0, config.vocab_size, (1, prefill + 2 * N + 1))
-    logits = _stream(sess, ids, [prefill] + [1] * (2 * N + 1))
+    logits = feed_split(sess, ids, [prefill] + [1] * (2 * N + 1))
     expected, states = _reference(config, params, ids)
     assert_close("logits", logits, expected, "float32")
     _assert_states(sess, states)
@@ -131,7 +123,7 @@ def test_generate_sampled_is_reproducible(tiny, sess):
 def test_state_save_restore_is_exact(tiny, sess, tmp_path):
     config = tiny[0]
     ids = np.random.default_rng(4).integers(0, config.vocab_size, (2, 45))
-    whole = _stream(sess, ids, [21, 1, 23])  # the same calls as below: bit-exact
+    whole = feed_split(sess, ids, [21, 1, 23])  # the same calls as below: bit-exact
     final = sess.state()
     sess.reset(2)
     sess.feed(ids[:, :21])
@@ -152,7 +144,7 @@ def test_float16_export_keeps_state_float32(tmp_path):
     sess = InfiniSession(result.path, provider="cpu")
     assert sess.compute_dtype == "float16"
     ids = np.random.default_rng(7).integers(0, config.vocab_size, (1, 30))
-    logits = _stream(sess, ids, [13, 1, 1, 15])
+    logits = feed_split(sess, ids, [13, 1, 1, 15])
     expected, states = _reference(config, params, ids, "float16")
     assert logits.dtype == np.float32
     assert_close("logits", logits, expected, "float16")
