@@ -16,7 +16,7 @@ from .. import reference as R
 from ..reference import InfiniConfig
 from .contract import UsageError
 from .strategies import params_from_seed, x_from_seed
-from .tolerances import OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
+from ..reference.tolerances import OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
 
 FORMAT_VERSION = 1
 _BASE = dict(d_model=4, n_heads=2, n_kv_heads=2, d_key=3, d_value=2, segment_len=4)

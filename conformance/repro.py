@@ -11,7 +11,7 @@ import numpy as np
 
 from ..reference import InfiniConfig
 from .harness import handed_over, make_instance, round_to, run_impl, run_reference
-from .tolerances import GRAD_TOLERANCES, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
+from ..reference.tolerances import GRAD_TOLERANCES, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
 
 
 class Session:

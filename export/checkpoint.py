@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io_spec import config_from_json, kind_of
+from ..reference.io_spec import config_from_json, kind_of
 
 CHECKPOINT_FORMAT = "infini-attention-checkpoint/1"
 
@@ -62,7 +62,7 @@ def params_from_onnx(path) -> tuple:
     from onnx import numpy_helper
 
     from ..reference import LMConfig, lm_param_shapes, param_shapes
-    from .io_spec import METADATA_KEYS
+    from ..reference.io_spec import METADATA_KEYS
 
     model = onnx.load(str(path))
     meta = {p.key: p.value for p in model.metadata_props}

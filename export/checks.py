@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io_spec
-from .io_spec import FORMAT, METADATA_KEYS
+from ..reference import io_spec
+from ..reference.validate import check_pending, check_token_ids
+from ..reference.io_spec import FORMAT, METADATA_KEYS
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 
@@ -53,15 +54,7 @@ def check_chunk(sess, chunk) -> np.ndarray:
     if sess.kind == "lm":
         if arr.ndim == 1 and B == 1:
             arr = arr[None]
-        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"input_ids: expected an integer array of shape (batch={B}, T), got {arr.dtype} "
-                             f"{tuple(arr.shape)}")
-        _check_batch("input_ids", arr, B)
-        V = sess.config.vocab_size
-        if arr.size and (arr.min() < 0 or arr.max() >= V):
-            bad = np.argwhere((arr < 0) | (arr >= V))[0]
-            raise ValueError(f"input_ids: expected token ids in [0, {V}) (vocab_size), got {int(arr[tuple(bad)])} "
-                             f"at (row {bad[0]}, position {bad[1]}); range [{int(arr.min())}, {int(arr.max())}]")
+        check_token_ids(sess.config.vocab_size, arr, "input_ids", batch=B)
         return arr.astype(np.int64, copy=False)
     D = sess.attn.d_model
     if arr.ndim != 3 or arr.shape[2] != D or not np.issubdtype(arr.dtype, np.floating):
@@ -94,11 +87,8 @@ def check_state_arrays(sess, arrays) -> None:
         raise ValueError(f"state 'past_segments': expected an int64 scalar >= 0 (shape ()), got {seg.dtype} "
                          f"{tuple(seg.shape)} {seg.tolist() if seg.size < 4 else ''}")
     k0 = np.asarray(arrays[sess._key0])
-    N = sess.segment_len
-    if k0.ndim != 4 or not 0 <= k0.shape[2] < N:
-        raise ValueError(f"state {sess._key0!r}: expected shape (batch, n_kv_heads, n, d_key) with 0 <= n < "
-                         f"segment_len={N}, got {tuple(k0.shape)}")
-    B, n = k0.shape[0], k0.shape[2]
+    n = check_pending(f"state {sess._key0!r}", k0.shape, sess.attn)
+    B = k0.shape[0]
     a = sess.attn
     for spec in sess.state_specs[1:]:
         arr = np.asarray(arrays[spec.name])

@@ -76,7 +76,7 @@ def register(subparsers) -> None:
 def cmd_export(args) -> int:
     from .checkpoint import load_checkpoint
     from .exporter import ExportError, export
-    from .io_spec import markdown_table
+    from ..reference.io_spec import markdown_table
     from .presets import preset_config, preset_params
 
     if args.checkpoint:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..conformance.tolerances import STATE_TOLERANCES, assert_close
+from ..reference.tolerances import STATE_TOLERANCES, assert_close
 from .stream import Source, run_stream, segment_time_profile
 
 

@@ -26,7 +26,7 @@ import onnx.numpy_helper
 import torch
 
 from ..reference import SPEC_VERSION, LMConfig, lm_param_shapes, param_shapes
-from . import io_spec
+from ..reference import io_spec
 from .graph import LayerStep, LMStep
 from .selfcheck import SelfCheckError, self_check
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..conformance.tolerances import (IMPLEMENTATION_SPREAD, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare,
+from ..reference.tolerances import (IMPLEMENTATION_SPREAD, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare,
                                       tolerance_for)
 from ..reference import LMConfig, forward, lm_forward
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import checks, io_spec
+from ..reference import io_spec
+from ..reference.streaming import pieces
+from . import checks
 from .providers import select_provider
 
 STATE_FILE_FORMAT = "infini-attention-state/1"
@@ -144,14 +146,12 @@ class InfiniSession:
                 self.reset(rows)
         arr = checks.check_chunk(self, chunk)
         saved = (self._state, self._pending, self._segments, self.position, self._last_logits, self._fresh)
-        pieces, start, T = [], 0, arr.shape[1]
+        outs, T = [], arr.shape[1]
         try:
-            while start < T:
-                take = min(T - start, self.segment_len - self._pending)
-                out = self._run_piece(arr[:, start:start + take])
+            for a, b in pieces(self._pending, T, self.segment_len):  # the graph runs one piece per call
+                out = self._run_piece(arr[:, a:b])
                 if outputs == "all":
-                    pieces.append(out)
-                start += take
+                    outs.append(out)
         except BaseException:
             self._state, self._pending, self._segments, self.position, self._last_logits, self._fresh = saved
             raise
@@ -162,7 +162,7 @@ class InfiniSession:
         if outputs == "last":
             return out[:, -1] if T else None
         width = self.config.vocab_size if self.kind == "lm" else self.attn.d_model
-        return np.concatenate(pieces, axis=1) if pieces else np.zeros((self.batch, 0, width), np.float32)
+        return np.concatenate(outs, axis=1) if outs else np.zeros((self.batch, 0, width), np.float32)
 
     def generate(self, max_new_tokens: int, prompt=None, *, temperature: float = 0.0, top_k: int | None = None,
                  seed: int | None = None) -> np.ndarray:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 UPDATES = ("linear", "delta")
 ROPE_STYLES = ("half", "interleaved")
 GATE_ON = ("memory", "local")
 FIRST_SEGMENT = ("gated", "local_only")
+PROFILE_CHOICES = {"gate_on": GATE_ON, "first_segment": FIRST_SEGMENT}  # the conventions of SPEC.md §8.2
 
 
 def _require(ok: bool, name: str, expected: str, actual) -> None:
@@ -23,7 +25,14 @@ def _positive_int(name: str, value) -> None:
 
 @dataclass(frozen=True)
 class InfiniConfig:
-    """Every option of SPEC.md §2; defaults are the paper's choices."""
+    """Every option of SPEC.md §2; defaults are the paper's choices.
+
+    The layer and the LM share one small protocol: ``kind`` ("layer" / "lm"), ``attn`` (the
+    attention config; the layer's own) and ``n_layers`` (1 for a layer), so code that serves both
+    reads these instead of testing the type.
+    """
+
+    kind: ClassVar[str] = "layer"
 
     d_model: int
     n_heads: int
@@ -59,6 +68,14 @@ class InfiniConfig:
             _require(_finite_positive(self.scale), "scale", "None or a finite number > 0", self.scale)
 
     @property
+    def attn(self) -> "InfiniConfig":
+        return self
+
+    @property
+    def n_layers(self) -> int:
+        return 1
+
+    @property
     def group_size(self) -> int:
         """Query heads per key/value head (SPEC.md §3)."""
         return self.n_heads // self.n_kv_heads
@@ -84,7 +101,9 @@ class InfiniConfig:
 
 @dataclass(frozen=True)
 class LMConfig:
-    """The minimal Infini-Transformer language model of SPEC.md §9."""
+    """The minimal Infini-Transformer language model of SPEC.md §9 (``kind`` "lm": see InfiniConfig)."""
+
+    kind: ClassVar[str] = "lm"
 
     vocab_size: int
     n_layers: int
@@ -113,6 +132,15 @@ class LMConfig:
         _require("attn" in data, "config", "an 'attn' entry", sorted(data))
         data["attn"] = InfiniConfig.from_dict(data["attn"])
         return cls(**data)
+
+
+DEFAULT_PROFILE = {name: InfiniConfig.__dataclass_fields__[name].default for name in PROFILE_CHOICES}
+
+
+def config_from_dict(data: dict) -> LMConfig | InfiniConfig:
+    """An LMConfig (the dict has an ``attn`` entry) or an InfiniConfig, from ``to_dict()`` output."""
+    _require(isinstance(data, dict), "config", "a dict of config fields", type(data).__name__)
+    return LMConfig.from_dict(data) if "attn" in data else InfiniConfig.from_dict(data)
 
 
 def _finite_positive(value) -> bool:

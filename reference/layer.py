@@ -5,14 +5,16 @@ import numpy as np
 
 from . import equations as eq
 from .config import InfiniConfig
+from .shapes import layer_param_shapes
 from .state import InfiniState, init_state
-from .validate import check_params, check_state, check_x, param_shapes
+from .streaming import pieces
+from .validate import check_params, check_state, check_x
 
 
 def init_params(config: InfiniConfig, seed: int = 0, beta_init: float = 0.0) -> dict[str, np.ndarray]:
     """Random parameters, ``N(0, 1/fan_in)`` weights; ``beta = beta_init`` (0: an even gate, SPEC.md §8)."""
     rng = np.random.default_rng(seed)
-    params = {n: rng.standard_normal(s) / np.sqrt(s[0]) for n, s in param_shapes(config).items() if n != "beta"}
+    params = {n: rng.standard_normal(s) / np.sqrt(s[0]) for n, s in layer_param_shapes(config).items() if n != "beta"}
     params["beta"] = np.full((config.n_heads,), float(beta_init))
     return params
 
@@ -27,12 +29,10 @@ def forward(config: InfiniConfig, params: dict, x, state: InfiniState | None = N
     p = check_params(config, params)
     x = check_x(config, x)
     state = init_state(config, x.shape[0]) if state is None else check_state(config, state, x.shape[0])
-    outputs, start, T = [], 0, x.shape[1]
-    while start < T:
-        take = min(T - start, config.segment_len - state.pending)
-        y, state = _segment_piece(config, p, x[:, start:start + take], state)
+    outputs = []
+    for a, b in pieces(state.pending, x.shape[1], config.segment_len):
+        y, state = _segment_piece(config, p, x[:, a:b], state)
         outputs.append(y)
-        start += take
     y = np.concatenate(outputs, axis=1) if outputs else np.zeros((x.shape[0], 0, config.d_model))
     return y, state
 

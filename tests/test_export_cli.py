@@ -38,7 +38,7 @@ def test_export_from_pytorch_checkpoint(tmp_path, capsys):
     ids = np.arange(20)[None] % config.vocab_size
     with torch.no_grad():
         expected, _ = model(torch.as_tensor(ids))
-    from infini_attention.conformance.tolerances import assert_close
+    from infini_attention.reference.tolerances import assert_close
 
     assert_close("logits", sess.feed(ids), expected.numpy(), "float32")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infini_attention.conformance.tolerances import STATE_TOLERANCES, assert_close
+from infini_attention.reference.tolerances import STATE_TOLERANCES, assert_close
 from infini_attention.export import InfiniSession, cuda_status, export, preset_config, preset_params
 
 CUDA_OK, CUDA_WHY = cuda_status()

@@ -5,7 +5,7 @@ from hypothesis import given
 
 from infini_attention import reference as R
 from infini_attention.conformance import strategies as S
-from infini_attention.conformance.tolerances import assert_close
+from infini_attention.reference.tolerances import assert_close
 from infini_attention.reference import equations as eq
 
 
@@ -245,5 +245,5 @@ def test_lm_split_invariance_and_errors():
     rest, st = R.lm_forward(lc, p, tokens[:, 4:], st)
     assert_close("logits", np.concatenate([first, rest], axis=1), logits)
     assert [s.segments for s in st] == [2, 2]
-    with pytest.raises(ValueError, match=r"tokens: expected ids in \[0, 11\)"):
+    with pytest.raises(ValueError, match=r"tokens: expected token ids in \[0, 11\)"):
         R.lm_forward(lc, p, np.array([[3, 11]]))

@@ -103,7 +103,7 @@ def test_bad_constructor_args_rejected():
 def test_lm_bad_tokens_and_states_rejected():
     lm_c = R.LMConfig(vocab_size=7, n_layers=2, d_ff=8, attn=C)
     lm = InfiniTransformerLM.from_numpy(lm_c, R.lm_init_params(lm_c))
-    with pytest.raises(ValueError, match=r"tokens: expected ids in \[0, 7\), got range \[0, 7\]"):
+    with pytest.raises(ValueError, match=r"tokens: expected token ids in \[0, 7\) \(vocab_size\), got 7 at \(row 0, position 1\); range \[0, 7\]"):
         lm(torch.tensor([[0, 7]]))
     with pytest.raises(ValueError, match=r"tokens: expected an integer tensor of shape \(B, T\), got torch.float32"):
         lm(torch.zeros(1, 2))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from infini_attention import reference as R
 from infini_attention.conformance import strategies as S
-from infini_attention.conformance.tolerances import STATE_TOLERANCES, assert_close
+from infini_attention.reference.tolerances import STATE_TOLERANCES, assert_close
 from infini_attention.torch_impl import InfiniAttention, TorchInfiniState, run_chunks
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}

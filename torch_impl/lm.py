@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from infini_attention.reference import InfiniState, LMConfig, lm_param_shapes
+from infini_attention.reference.validate import check_token_ids, is_integer_dtype
 
 from .layer import InfiniAttention
 from .params import load_arrays, to_numpy
@@ -70,7 +71,7 @@ class InfiniTransformerLM(nn.Module):
         super().__init__()
         if not isinstance(config, LMConfig):
             raise ValueError(f"config: expected an LMConfig, got {type(config).__name__}")
-        self.config = config
+        self.config, self.check_values = config, check_values
         kw = {"dtype": dtype, "device": device}
         D, V = config.d_model, config.vocab_size
         self.embed = nn.Parameter(torch.randn(V, D, **kw))  # (V, D): N(0, 1) like the reference
@@ -114,14 +115,12 @@ class InfiniTransformerLM(nn.Module):
 
         `states` may also be a list of reference InfiniState (converted)."""
         c = self.config
-        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point \
-                or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-            got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) \
-                else type(tokens).__name__
-            raise ValueError(f"tokens: expected an integer tensor of shape (B, T), got {got}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
-            raise ValueError(f"tokens: expected ids in [0, {c.vocab_size}), got range "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        if not isinstance(tokens, torch.Tensor):
+            raise ValueError(f"tokens: expected an integer tensor of shape (B, T), got {type(tokens).__name__}")
+        if self.check_values:  # reads the ids (a host sync): off for tracing, like the layers' value checks
+            check_token_ids(c.vocab_size, tokens)
+        elif tokens.ndim != 2 or not is_integer_dtype(tokens.dtype):
+            check_token_ids(c.vocab_size, tokens[:0])  # shape and dtype only
         if states is not None and (not isinstance(states, (list, tuple)) or len(states) != c.n_layers):
             got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
             raise ValueError(f"states: expected None or a list of {c.n_layers} states, got {got}")

@@ -1,6 +1,6 @@
 """Adapter for ONNX files (``--impl path/model.onnx``), run through ONNX Runtime on the CPU provider.
 
-The file must follow the project's ONNX interchange format (SPEC.md §14.1, ``export/io_spec.py``):
+The file must follow the project's ONNX interchange format (SPEC.md §14.1, ``reference/io_spec.py``):
 a single layer (metadata ``infini_attention.kind`` = "layer") whose config is the JSON in
 ``infini_attention.config``, inputs ``x``, ``past_segments``, ``past_key_values.0.key|value``,
 ``past_memory.0.M|z`` and the matching ``y``/``present*`` outputs, one segment piece per call
@@ -18,12 +18,10 @@ import json
 import numpy as np
 
 from ...reference import InfiniConfig
+from ...reference.io_spec import METADATA_KEYS
 from ..contract import NotSupported, UsageError
 
 PARAMS = ("wq", "wk", "wv", "wo", "beta")
-FALLBACK_NAMES = {"format": "infini_attention.format", "kind": "infini_attention.kind",
-                  "config": "infini_attention.config", "compute_dtype": "infini_attention.compute_dtype",
-                  "aliases": "infini_attention.aliases"}
 X, SEGMENTS = "x", "past_segments"
 STATE_IN = ("past_key_values.0.key", "past_key_values.0.value", "past_memory.0.M", "past_memory.0.z")
 
@@ -92,14 +90,6 @@ class OnnxImpl:
         return y, OnnxState(arrays)
 
 
-def _metadata_keys() -> dict:
-    try:
-        from ...export.io_spec import METADATA_KEYS
-        return METADATA_KEYS
-    except ImportError:  # the format is documented; the export package is not needed to read it
-        return FALLBACK_NAMES
-
-
 def factory_for(path: str):
     """``make(config, dtype)`` for one ONNX file, declaring its fixed config and capabilities."""
     import onnx
@@ -108,7 +98,7 @@ def factory_for(path: str):
         model = onnx.load(path)
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"--impl {path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
-    keys = _metadata_keys()
+    keys = METADATA_KEYS
     meta = {p.key: p.value for p in model.metadata_props}
     if keys["config"] not in meta:
         raise UsageError(f"--impl {path}: no {keys['config']!r} metadata: export it with `infini export --kind layer`"

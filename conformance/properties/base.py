@@ -16,7 +16,7 @@ import numpy as np
 from .. import strategies as S
 from ..contract import Implementation
 from ..harness import Failure, Run, Unsupported, run_impl, run_reference
-from ..tolerances import GRAD_TOLERANCES, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
+from ...reference.tolerances import GRAD_TOLERANCES, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
 
 TABLES = {"output": OUTPUT_TOLERANCES, "state": STATE_TOLERANCES, "grad": GRAD_TOLERANCES}
 

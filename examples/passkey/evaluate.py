@@ -56,7 +56,7 @@ def check_against_torch(config, params: dict, onnx_path: Path, seed: int = 0) ->
     """ORT vs the PyTorch model (float32) on passkey documents: logits, and the greedy answers."""
     import torch
 
-    from infini_attention.conformance.tolerances import OUTPUT_TOLERANCES, compare, tolerance_for
+    from infini_attention.reference.tolerances import OUTPUT_TOLERANCES, compare, tolerance_for
     from infini_attention.torch_impl import InfiniTransformerLM
 
     N = config.attn.segment_len

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..reference import InfiniConfig, LMConfig
+from .config import InfiniConfig, LMConfig, config_from_dict
 
 SYMBOLIC_DIMS = ("batch", "chunk", "past_len", "present_len")
 STATE_FIELDS = ("key", "value", "M", "z")  # per layer, in graph order
@@ -87,18 +87,15 @@ class TensorSpec:
 
 
 def kind_of(config) -> str:
-    if isinstance(config, LMConfig):
-        return "lm"
-    if isinstance(config, InfiniConfig):
-        return "layer"
-    raise ValueError(f"config: expected an LMConfig or an InfiniConfig, got {type(config).__name__}")
+    """"lm" or "layer" (the configs' shared protocol); anything else is a usage error naming its type."""
+    if not isinstance(config, (LMConfig, InfiniConfig)):
+        raise ValueError(f"config: expected an LMConfig or an InfiniConfig, got {type(config).__name__}")
+    return config.kind
 
 
 def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32") -> list[TensorSpec]:
     """The concrete inputs then outputs of the graph exported for ``config``, in graph order."""
-    kind = kind_of(config)
-    attn = config.attn if kind == "lm" else config
-    n_layers = config.n_layers if kind == "lm" else 1
+    kind, attn, n_layers = kind_of(config), config.attn, config.n_layers
     sizes = {"d_model": attn.d_model, "n_kv_heads": attn.n_kv_heads, "d_key": attn.d_key,
              "d_value": attn.d_value, "vocab_size": getattr(config, "vocab_size", None)}
     out = []
@@ -117,15 +114,6 @@ def inputs(config, compute_dtype="float32") -> list[TensorSpec]:
     return [s for s in specs(config, compute_dtype) if s.direction == "in"]
 
 
-def outputs(config, compute_dtype="float32") -> list[TensorSpec]:
-    return [s for s in specs(config, compute_dtype) if s.direction == "out"]
-
-
-def present_name(past: str) -> str:
-    """``past_key_values.3.key`` -> ``present.3.key``; ``past_memory.3.M`` -> ``present_memory.3.M``."""
-    return past.replace("past_key_values.", "present.").replace("past_", "present_")
-
-
 def dynamic_axes(config, compute_dtype="float32") -> dict[str, dict[int, str]]:
     """``{name: {axis: dim name}}`` for torch.onnx.export (symbolic dims only)."""
     axes = {s.name: {a: d for a, d in enumerate(s.dims) if isinstance(d, str)} for s in specs(config, compute_dtype)}
@@ -133,8 +121,7 @@ def dynamic_axes(config, compute_dtype="float32") -> dict[str, dict[int, str]]:
 
 
 def config_from_json(text: str) -> LMConfig | InfiniConfig:
-    data = json.loads(text)
-    return LMConfig.from_dict(data) if "attn" in data else InfiniConfig.from_dict(data)
+    return config_from_dict(json.loads(text))
 
 
 def markdown_table(config, compute_dtype="float32") -> str:
