@@ -1,13 +1,19 @@
-"""ONNX Runtime benchmarks of issue 4: constant memory over a long stream, ORT vs PyTorch, state size.
+"""ONNX Runtime benchmarks: constant memory over a long stream, ORT vs PyTorch, state size.
 
-    python benchmarks/bench_onnx.py            # quick: 256K-token stream (~1 min on 2 cores)
-    python benchmarks/bench_onnx.py --full     # the 1M-token stream (a few minutes)
+    python benchmarks/bench_onnx.py                      # quick: 256K-token stream, speed at 1 and 2 threads
+    python benchmarks/bench_onnx.py --full               # the 1M-token stream, more repeats
+    python benchmarks/bench_onnx.py --skip stream state --profile   # speed only, with ORT's profiler
 
 1. stream  the 'small' preset LM through ORT on CPU, in a fresh process that imports no torch
            (`infini stream --json`): tokens/s, peak RSS at 64K tokens and at the end, time per
-           segment in the first and last 64K-token windows. Target: peak within 5%, time flat.
-2. speed   ORT CPU vs PyTorch eager (torch_impl, float32), same model, same thread count:
-           prefill of one whole segment (N tokens) and decode of one token; ratio torch / ORT.
+           call in the first and last 64K-token windows. Target: peak within 5%, time flat.
+2. speed   ORT CPU vs PyTorch eager (torch_impl's fast layer, float32), the same model, side by side in
+           this process, with 1 and then 2 threads each (ORT intra-op threads, torch.set_num_threads):
+           prefill of 8 segments in one call (ms per segment) and decoding one token per call (ms per
+           token), for each exported file (opset 23 with the Attention op, opset 17 with MatMul/Softmax);
+           best of interleaved repeats, wall time and this thread's CPU time (the latter is what the
+           engines cost when other processes share the CPU). Targets: prefill >= 1.5x, decode >= 3x.
+           --profile: ORT's profiler (enable_profiling) on both, time per op type.
 3. state   state bytes vs a full KV cache for the paper's 12-layer model (H = Hkv = 8,
            dk = dv = 128, D = 1024, N = 2048) at 32K, 1M and 10M tokens, from the state
            OrtValues of the exported paper layer (x 12 layers).
@@ -16,6 +22,7 @@ Figures are printed and written to artifacts/bench_onnx.json.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -27,15 +34,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "artifacts" / "bench"
+PREFILL_SEGMENTS = 8
 
 
-def _export(preset: str, kind: str, check: bool = True) -> Path:
+def _export(preset: str, kind: str, check: bool = True, opset: int = 23) -> Path:
     from infini_attention.export import export, preset_config, preset_params
 
-    path = OUT / f"{preset}-{kind}.onnx"
+    path = OUT / f"{preset}-{kind}-opset{opset}.onnx"
     if not getattr(_export, "done", set()) >= {path}:  # once per run: never a stale file
         config = preset_config(preset, kind)
-        export(config, preset_params(config, 0), path, check=check)
+        export(config, preset_params(config, 0), path, check=check, opset=opset)
         _export.done = getattr(_export, "done", set()) | {path}
     return path
 
@@ -47,91 +55,142 @@ def bench_stream(tokens: int) -> dict:
            "--provider", "cpu", "--checkpoint-every", "65536", "--no-progress", "--json", str(report)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     data = json.loads(report.read_text())
-    cps = data["checkpoints"]
-    w = data["window_seconds_per_call"]
-    out = {"tokens": data["tokens"], "seconds": data["seconds"], "tokens_per_second": data["tokens_per_second"],
+    cps, w = data["checkpoints"], data["window_seconds_per_call"]
+    out = {"command": " ".join(cmd[1:]), "tokens": data["tokens"], "seconds": data["seconds"],
+           "tokens_per_second": data["tokens_per_second"],
            "peak_rss_64k_mib": cps[0]["peak_rss"] / 2**20, "peak_rss_end_mib": cps[-1]["peak_rss"] / 2**20,
            "peak_growth_pct": 100 * (cps[-1]["peak_rss"] / cps[0]["peak_rss"] - 1),
-           "ms_per_segment_first_64k": 1e3 * w[0], "ms_per_segment_last_64k": 1e3 * w[-1],
-           "ms_per_segment_max_window": 1e3 * max(w), "state_nbytes": data["state_nbytes"]}
+           "ms_per_call_first_64k": 1e3 * w[0], "ms_per_call_last_64k": 1e3 * w[-1],
+           "ms_per_call_max_window": 1e3 * max(w), "state_nbytes": data["state_nbytes"]}
     print(f"\n1. stream: 'small' LM, {out['tokens']:,} tokens through ORT CPU in {out['seconds']:.1f} s = "
-          f"{out['tokens_per_second']:,.0f} tokens/s")
+          f"{out['tokens_per_second']:,.0f} tokens/s (calls of one segment)\n   command: {out['command']}")
     print(f"   peak RSS {out['peak_rss_64k_mib']:.1f} MiB at 64K tokens, {out['peak_rss_end_mib']:.1f} MiB at "
           f"{out['tokens']:,} ({out['peak_growth_pct']:+.2f}%, target within 5%)")
-    print(f"   time per segment: {out['ms_per_segment_first_64k']:.2f} ms (first 64K), "
-          f"{out['ms_per_segment_last_64k']:.2f} ms (last 64K), worst 64K window {out['ms_per_segment_max_window']:.2f}"
-          f" ms; state {out['state_nbytes']:,} bytes")
+    print(f"   time per call: {out['ms_per_call_first_64k']:.2f} ms (first 64K), {out['ms_per_call_last_64k']:.2f} ms "
+          f"(last 64K), worst 64K window {out['ms_per_call_max_window']:.2f} ms; state {out['state_nbytes']:,} bytes")
     return out
 
 
-def bench_speed(segments: int, tokens: int, repeats: int = 5) -> dict:
+class _Timer:
+    """Best-of wall and thread-CPU seconds per unit of a timed block."""
+
+    def __init__(self):
+        self.wall, self.cpu = [], []
+
+    def run(self, fn, units: int):
+        w, c = time.perf_counter(), time.thread_time()
+        fn()
+        self.wall.append((time.perf_counter() - w) / units)
+        self.cpu.append((time.thread_time() - c) / units)
+
+    def best(self):
+        return 1e3 * min(self.wall), 1e3 * min(self.cpu)
+
+
+def bench_speed(threads: int, repeats: int, decode_tokens: int, files: dict) -> dict:
     import torch
 
     from infini_attention.export import InfiniSession, preset_config, preset_params
     from infini_attention.torch_impl import InfiniTransformerLM
 
+    torch.set_num_threads(threads)
     config = preset_config("small")
-    N = config.attn.segment_len
-    sess = InfiniSession(_export("small", "lm"), provider="cpu")
-    import inspect
-
-    no_checks = {"check_values": False} if "check_values" in inspect.signature(InfiniTransformerLM).parameters else {}
-    model = InfiniTransformerLM.from_numpy(config, preset_params(config, 0), dtype=torch.float32, **no_checks).eval()
-    ids = np.random.default_rng(0).integers(0, config.vocab_size, (1, (segments + 2) * N + tokens + 8))
+    N, S = config.attn.segment_len, PREFILL_SEGMENTS
+    model = InfiniTransformerLM.from_numpy(config, preset_params(config, 0), dtype=torch.float32,
+                                           check_values=False).eval()
+    sessions = {name: InfiniSession(path, provider="cpu", intra_op_threads=threads) for name, path in files.items()}
+    ids = np.random.default_rng(0).integers(0, config.vocab_size, (1, (S + 1) * N + decode_tokens))
     tids = torch.as_tensor(ids)
+    timers = collections.defaultdict(_Timer)
+    start = (S + 1) * N  # decoding starts on a segment boundary: n runs 0 .. decode_tokens - 1
 
-    def ort_prefill():
+    def ort(sess, name):
         sess.reset(1)
-        sess.feed(ids[:, :N], outputs="none")  # warm-up segment
-        t0 = time.perf_counter()
-        for s in range(1, segments + 1):
-            sess.feed(ids[:, s * N:(s + 1) * N], outputs="none")
-        return (time.perf_counter() - t0) / segments
+        sess.feed(ids[:, :N], outputs="none")  # one segment first, so the prefill reads a non-empty memory
+        timers[name, "prefill"].run(lambda: sess.feed(ids[:, N:start], outputs="none"), S)
+        timers[name, "decode"].run(lambda: [sess.feed(ids[:, i:i + 1], outputs="last")
+                                            for i in range(start, start + decode_tokens)], decode_tokens)
 
-    def ort_decode():
-        start = (segments + 1) * N + 5
-        t0 = time.perf_counter()
-        for i in range(start, start + tokens):
-            sess.feed(ids[:, i:i + 1], outputs="last")
-        return (time.perf_counter() - t0) / tokens
-
-    def torch_prefill():
+    def eager():
         with torch.inference_mode():
             _, st = model(tids[:, :N])
-            t0 = time.perf_counter()
-            for s in range(1, segments + 1):
-                _, st = model(tids[:, s * N:(s + 1) * N], st)
-            torch_prefill.state = st
-            return (time.perf_counter() - t0) / segments
+            box = {}
+            timers["torch", "prefill"].run(lambda: box.update(st=model(tids[:, N:start], st)[1]), S)
 
-    def torch_decode():
-        with torch.inference_mode():
-            _, st = model(tids[:, (segments + 1) * N:(segments + 1) * N + 5], torch_prefill.state)
-            start = (segments + 1) * N + 5
-            t0 = time.perf_counter()
-            for i in range(start, start + tokens):
-                _, st = model(tids[:, i:i + 1], st)
-            return (time.perf_counter() - t0) / tokens
+            def decode():
+                s = box["st"]
+                for i in range(start, start + decode_tokens):
+                    _, s = model(tids[:, i:i + 1], s)
 
-    o_pre, o_dec, t_pre, t_dec = [], [], [], []
-    for _ in range(repeats):  # interleaved, best of: other processes' load hits both alike
-        o_pre.append(ort_prefill())
-        t_pre.append(torch_prefill())
-        o_dec.append(ort_decode())
-        t_dec.append(torch_decode())
-    out = {"threads_torch": torch.get_num_threads(), "segment_len": N,
-           "ort_prefill_ms_per_segment": 1e3 * min(o_pre), "torch_prefill_ms_per_segment": 1e3 * min(t_pre),
-           "ort_decode_ms_per_token": 1e3 * min(o_dec), "torch_decode_ms_per_token": 1e3 * min(t_dec)}
-    out["prefill_speedup"] = out["torch_prefill_ms_per_segment"] / out["ort_prefill_ms_per_segment"]
-    out["decode_speedup"] = out["torch_decode_ms_per_token"] / out["ort_decode_ms_per_token"]
-    print(f"\n2. speed: 'small' LM, float32, batch 1, CPU ({out['threads_torch']} torch threads; ORT: InfiniSession "
-          f"defaults, no thread spinning); best of {repeats}, interleaved")
-    print("   | | ORT CPU | PyTorch eager | PyTorch / ORT |\n   |---|---|---|---|")
-    print(f"   | prefill, ms per segment (N={N}) | {out['ort_prefill_ms_per_segment']:.2f} | "
-          f"{out['torch_prefill_ms_per_segment']:.2f} | {out['prefill_speedup']:.2f}x |")
-    print(f"   | decode, ms per token | {out['ort_decode_ms_per_token']:.3f} | {out['torch_decode_ms_per_token']:.3f} | "
-          f"{out['decode_speedup']:.2f}x |")
+            timers["torch", "decode"].run(decode, decode_tokens)
+
+    for _ in range(repeats):  # interleaved: other processes' load hits every engine alike
+        for name, sess in sessions.items():
+            ort(sess, name)
+        eager()
+    t_pre, t_dec = timers["torch", "prefill"].best(), timers["torch", "decode"].best()
+    rows = {"torch": {"prefill_ms_per_segment": t_pre, "decode_ms_per_token": t_dec}}
+    print(f"\n2. speed, {threads} thread(s) each: 'small' LM, float32, batch 1, CPU; prefill of {S} segments "
+          f"(N={N}) in one call, then {decode_tokens} tokens decoded one per call; best of {repeats}, interleaved")
+    print("   | engine | prefill ms/segment (wall / CPU) | x PyTorch | decode ms/token (wall / CPU) | x PyTorch |")
+    print("   |---|---|---|---|---|")
+    print(f"   | PyTorch eager | {t_pre[0]:.2f} / {t_pre[1]:.2f} | 1 | {t_dec[0]:.3f} / {t_dec[1]:.3f} | 1 |")
+    for name in sessions:
+        pre, dec = timers[name, "prefill"].best(), timers[name, "decode"].best()
+        rows[name] = {"prefill_ms_per_segment": pre, "decode_ms_per_token": dec,
+                      "prefill_speedup_wall": t_pre[0] / pre[0], "prefill_speedup_cpu": t_pre[1] / pre[1],
+                      "decode_speedup_wall": t_dec[0] / dec[0], "decode_speedup_cpu": t_dec[1] / dec[1]}
+        r = rows[name]
+        print(f"   | ORT {name} | {pre[0]:.2f} / {pre[1]:.2f} | {r['prefill_speedup_wall']:.2f}x / "
+              f"{r['prefill_speedup_cpu']:.2f}x | {dec[0]:.3f} / {dec[1]:.3f} | {r['decode_speedup_wall']:.2f}x / "
+              f"{r['decode_speedup_cpu']:.2f}x |")
+    return {"threads": threads, "repeats": repeats, "load_average": os.getloadavg(), "rows": rows}
+
+
+def node_counts(files: dict) -> dict:
+    import onnx
+
+    from infini_attention.export.compose import node_counts as count
+
+    out = {name: count(onnx.load(str(path))) for name, path in files.items()}
+    print("\n   graph nodes (If branches; a Scan body counted in its branch):")
+    for name, c in out.items():
+        print(f"   - {name}: decode (inside a segment) {c['inside']}, ending on a boundary {c['piece']}, "
+              f"prefill (chunk) {c['chunk']}; {c['total']} in all")
     return out
+
+
+def profile(files: dict, decode_tokens: int) -> dict:
+    """ORT's profiler on one prefill call and on decoding: microseconds per call, by op type."""
+    from infini_attention.export import InfiniSession, preset_config
+
+    N = preset_config("small").attn.segment_len
+    ids = np.random.default_rng(1).integers(0, 256, (1, (PREFILL_SEGMENTS + 1) * N + decode_tokens))
+    out = {}
+    for name, path in files.items():
+        for mode in ("prefill", "decode"):
+            sess = InfiniSession(path, provider="cpu", intra_op_threads=1, profile=str(OUT / f"profile-{name}-{mode}"))
+            sess.feed(ids[:, :N], outputs="none")  # warm-up: its events are left out below
+            if mode == "prefill":
+                sess.feed(ids[:, N:(PREFILL_SEGMENTS + 1) * N], outputs="none")
+                calls = 1
+            else:
+                for i in range((PREFILL_SEGMENTS + 1) * N, (PREFILL_SEGMENTS + 1) * N + decode_tokens):
+                    sess.feed(ids[:, i:i + 1], outputs="last")
+                calls = decode_tokens
+            events = json.loads(Path(sess.end_profiling()).read_text())
+            first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+            skip = first["ts"] + first["dur"]  # the end of the warm-up call
+            by_op = collections.Counter()
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > skip:
+                    if e["args"].get("op_name") != "If":  # an If's time is its branch's nodes, counted themselves
+                        by_op[e["args"].get("op_name")] += e["dur"] / calls
+            out[name, mode] = dict(by_op.most_common(12))
+            top = ", ".join(f"{op} {us / 1e3:.2f} ms" if mode == "prefill" else f"{op} {us:.0f} us"
+                            for op, us in by_op.most_common(8))
+            print(f"   profile {name} {mode} (per call, profiler on): {top}")
+    return {f"{k[0]}/{k[1]}": v for k, v in out.items()}
 
 
 def bench_state_size() -> dict:
@@ -143,8 +202,7 @@ def bench_state_size() -> dict:
     empty = sess.state_nbytes  # M, z, counter; nothing pending
     sess.feed(np.zeros((1, a.segment_len - 1, a.d_model), np.float32), outputs="none")
     full = sess.state_nbytes  # the most pending keys/values a state ever holds (n = N - 1)
-    counter = 8  # past_segments (int64) is shared by all layers of an LM
-    layers = lm.n_layers
+    counter, layers = 8, lm.n_layers  # past_segments (int64) is shared by all layers of an LM
     state_min, state_max = layers * (empty - counter) + counter, layers * (full - counter) + counter
     kv_per_token = layers * 2 * a.n_kv_heads * a.d_key * 4  # float32 keys and values, every layer
     rows = []
@@ -156,9 +214,8 @@ def bench_state_size() -> dict:
         kv = T * kv_per_token
         rows.append({"tokens": T, "kv_cache_bytes": kv, "state_bytes_min": state_min, "state_bytes_max": state_max})
         print(f"   | {T:,} | {_fmt(kv)} | {_fmt(state_min)} | {_fmt(state_max)} | {kv / state_min:,.0f}x |")
-    mem_values = layers * a.n_kv_heads * a.d_key * (a.d_value + 1)
-    print(f"   M and z alone: {mem_values:,} values (the paper's 128 x 129 x 8 x 12 = 1.6M); the pending keys and "
-          f"values of the unfinished segment add up to {_fmt(state_max - state_min)}")
+    print(f"   M and z alone: {layers * a.n_kv_heads * a.d_key * (a.d_value + 1):,} values (the paper's 128 x 129 x 8 x "
+          f"12 = 1.6M); the pending keys and values of the unfinished segment add up to {_fmt(state_max - state_min)}")
     return {"per_layer_state_bytes_n0": empty - counter, "per_layer_state_bytes_nmax": full - counter, "rows": rows}
 
 
@@ -171,21 +228,29 @@ def _fmt(n: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="stream 1M tokens and time more segments/tokens")
+    p.add_argument("--full", action="store_true", help="stream 1M tokens and repeat the speed runs more")
     p.add_argument("--tokens", type=int, help="stream length (default 262144 quick, 1048576 full)")
+    p.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="thread counts of the speed runs")
+    p.add_argument("--profile", action="store_true", help="also run ORT's profiler (per op type)")
     p.add_argument("--skip", nargs="*", default=[], choices=["stream", "speed", "state"])
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    results = {"mode": "full" if args.full else "quick", "cpu_count": os.cpu_count()}
+    results = {"mode": "full" if args.full else "quick", "cpu_count": os.cpu_count(),
+               "command": " ".join([Path(sys.executable).name, *sys.argv])}
     if "stream" not in args.skip:
         results["stream"] = bench_stream(args.tokens or (2**20 if args.full else 2**18))
     if "speed" not in args.skip:
-        results["speed"] = bench_speed(*((16, 512) if args.full else (6, 128)))
+        files = {"opset 23": _export("small", "lm"), "opset 17": _export("small", "lm", opset=17)}
+        repeats, decode_tokens = (9, 256) if args.full else (5, 128)
+        results["speed"] = [bench_speed(t, repeats, decode_tokens, files) for t in args.threads]
+        results["nodes"] = node_counts(files)
+        if args.profile:
+            results["profile"] = profile(files, decode_tokens)
     if "state" not in args.skip:
         results["state"] = bench_state_size()
     path = ROOT / "artifacts" / "bench_onnx.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(f"\nwritten {path}")
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\ncommand: {results['command']}\nwritten {path}")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,17 @@ handed over in the checked dtype (float32 arrays holding bfloat16-rounded values
 call from a fresh state (SPEC.md §11). Raising :class:`NotSupported` (from ``make`` or
 ``forward``) marks a config as unsupported: never a failure.
 
+``whole_stream``: an implementation without a streaming API. ``forward`` is then always called with
+``state=None`` and the whole stream so far (the suite replays the history itself and keeps the new
+positions' outputs); the state properties are "not applicable", every output is still checked.
+
 Optional declarations on the factory or the class: ``capabilities`` (read from the factory
-first, else from an instance), ``config_pins`` (config fields the implementation hard-codes,
-e.g. ``{"rope_theta": 10000.0, "rope_style": "interleaved", "d_value": "d_key"}``) and
-``fixed_config`` (an implementation that exists for one config only, e.g. an ONNX file).
+first, else from an instance), ``config_pins`` (what the implementation hard-codes, drawn so, never
+refused) and ``fixed_config`` (an implementation that exists for one config only, e.g. an ONNX file).
+Pins: ``rope_theta`` (RoPE always on with this theta), ``rope: True`` (RoPE always on, any theta),
+``rope_style``, ``eps``, ``update``, ``gate_on``, ``first_segment``, ``d_value: "d_key"``,
+``d_model: "heads"`` (d_model = n_heads * d_key), and ``shared_gate: True`` (one gate for all heads:
+every drawn beta has equal entries; reported as a deviation from SPEC.md §8.1, never hidden).
 """
 from __future__ import annotations
 
@@ -29,11 +36,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..reference import InfiniConfig
+from ..reference.errors import UsageError  # defined with the CLI's error policy; importable from here too
 
 DTYPES = ("float64", "float32", "bfloat16", "float16")
-FEATURES = ("delta", "gqa", "rope", "chunked", "canonical_state", "grad")
+FEATURES = ("delta", "gqa", "rope", "chunked", "canonical_state", "grad", "whole_stream")
 KNOWN_CAPABILITIES = frozenset(FEATURES + DTYPES)
-PIN_FIELDS = ("rope_theta", "rope_style", "eps", "d_value", "update", "gate_on", "first_segment")
+PIN_FIELDS = ("rope_theta", "rope", "rope_style", "eps", "d_value", "d_model", "update", "gate_on", "first_segment",
+              "shared_gate")
+PIN_VALUES = {"d_value": ("d_key",), "d_model": ("heads",), "rope": (True,), "shared_gate": (True,)}
+# What each declared deviation departs from (reported, never hidden).
+DEVIATIONS = {"shared_gate": ("§8.1", "one gate shared by all heads (SPEC.md §8.1 gives each head its own beta_h); "
+                                      "drawn betas are equal across heads, per-head gating is not checked")}
+# Optional dependencies -> the extra that brings them (pip install 'infini-attention[EXTRA]').
+EXTRAS = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
+          "infini_transformer_pytorch": "thirdparty"}
 
 IMPL_HELP = ("expected 'package.module:factory' (an importable module and a callable in it, e.g. "
              "'my_pkg.infini_adapter:make'), a path to an .onnx file, or a directory of outputs "
@@ -44,8 +60,23 @@ class NotSupported(Exception):
     """Raised by an implementation for a config (or dtype) it does not support: reported, never a failure."""
 
 
-class UsageError(Exception):
-    """A bad command line or adapter declaration; the CLI prints it and exits 2."""
+class MissingDependency(ImportError, UsageError):
+    """An optional dependency is not installed: one line naming it and the extra to install (exit 2)."""
+
+
+def install_hint(module: str) -> str:
+    top = module.split(".")[0]
+    extra = EXTRAS.get(top)
+    return f"pip install 'infini-attention[{extra}]'" if extra else f"pip install {top}"
+
+
+def require(module: str, what: str):
+    """Import an optional dependency for ``what``; MissingDependency naming the extra when it is absent."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependency(f"{what} need {module.split('.')[0]}, which cannot be imported ({exc}); install it "
+                                f"with {install_hint(module)}") from None
 
 
 @dataclass
@@ -71,6 +102,10 @@ class Implementation:
         pins = ", ".join(f"{k}={v!r}" for k, v in sorted(self.pins.items()))
         return f"{self.spec} [capabilities: {caps}]" + (f" [pins: {pins}]" if pins else "")
 
+    def deviations(self) -> list[tuple[str, str, str]]:
+        """(pin, SPEC.md section, what) for every declared deviation from the spec."""
+        return [(k, *DEVIATIONS[k]) for k in sorted(self.pins) if k in DEVIATIONS]
+
 
 def load_impl(spec: str) -> Implementation:
     """Resolve ``--impl``; every problem is a UsageError that says what to fix."""
@@ -88,6 +123,15 @@ def load_impl(spec: str) -> Implementation:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except MissingDependency as exc:  # a module of ours that needs an extra: already says which
+        raise MissingDependency(f"--impl {spec}: {exc}") from None
+    except ImportError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top in EXTRAS:
+            raise MissingDependency(f"--impl {spec}: the module needs {top}, which cannot be imported ({exc}); "
+                                    f"install it with {install_hint(top)}") from None
+        raise UsageError(f"--impl: cannot import module {module_name!r} ({type(exc).__name__}: {exc}). "
+                         f"Is it installed or on PYTHONPATH? {IMPL_HELP}") from None
     except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
         raise UsageError(f"--impl: cannot import module {module_name!r} ({type(exc).__name__}: {exc}). "
                          f"Is it installed or on PYTHONPATH? {IMPL_HELP}") from None
@@ -117,9 +161,14 @@ def from_factory(spec: str, factory: Callable) -> Implementation:
         raise UsageError(f"--impl {spec}: unknown capabilities {unknown}; known: {sorted(KNOWN_CAPABILITIES)}")
     pins = dict(pins or {})
     bad = sorted(set(pins) - set(PIN_FIELDS))
-    if bad or pins.get("d_value", "d_key") != "d_key":
-        raise UsageError(f"--impl {spec}: config_pins may only fix {list(PIN_FIELDS)} (d_value only as 'd_key'); "
-                         f"got {pins}")
+    bad += [k for k, allowed in PIN_VALUES.items() if k in pins and pins[k] not in allowed]
+    if bad:
+        allowed = ", ".join(f"{k} only as {v[0]!r}" for k, v in PIN_VALUES.items())
+        raise UsageError(f"--impl {spec}: config_pins may only fix {list(PIN_FIELDS)} ({allowed}); got {pins} "
+                         f"(bad: {bad})")
+    if "whole_stream" in caps and {"chunked", "canonical_state"} & set(caps):
+        raise UsageError(f"--impl {spec}: 'whole_stream' (no streaming API: the suite replays the history) "
+                         f"excludes 'chunked' and 'canonical_state'; got {sorted(caps)}")
     if fixed is not None and not isinstance(fixed, InfiniConfig):
         raise UsageError(f"--impl {spec}: fixed_config must be an InfiniConfig, got {type(fixed).__name__}")
     return Implementation(spec, factory, frozenset(caps), pins, fixed, takes_dtype=takes_dtype)

@@ -5,8 +5,9 @@
         [--infini-seed=S] [--infini-thorough]
 
 One test per property (``test_property[<name>]``): a failure prints the rule, the smallest failing
-case and the Python that reproduces it; "not supported" is a skip. Loaded in every pytest run of
-the environment, so this module imports nothing heavy until the options are used.
+case and the Python that reproduces it; "not supported" and "n/a" are skips; "inconclusive" (fewer
+than --infini-min-examples examples ran) fails, as it is no pass. Loaded in every pytest run of the
+environment, so this module imports nothing heavy until the options are used.
 """
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ def pytest_addoption(parser):
     group.addoption("--infini-max-examples", type=int, default=None, help="Hypothesis examples per property")
     group.addoption("--infini-seed", type=int, default=0, help="Hypothesis seed (default 0)")
     group.addoption("--infini-thorough", action="store_true", help="go deep: 10x examples, longer streams")
+    group.addoption("--infini-min-examples", type=int, default=10,
+                    help="a property that ran fewer examples is inconclusive (a failure here; default 10)")
 
 
 class ConformanceSession:
     """What the options resolve to: the loaded implementation and the suite settings."""
 
     def __init__(self, config):
-        from .cli import DEFAULT_EXAMPLES, THOROUGH_EXAMPLES, parse_profile
+        from .cli import resolve_examples, resolve_profile
         from .contract import DTYPES, UsageError, load_impl
         from .properties import Settings
 
@@ -37,27 +40,26 @@ class ConformanceSession:
             dtype = opt("--infini-dtype")
             if dtype not in DTYPES:
                 raise UsageError(f"--infini-dtype: expected one of {DTYPES}, got {dtype!r}")
+            thorough = opt("--infini-thorough")
+            n = resolve_examples(opt("--infini-max-examples"), thorough, "--infini-max-examples")
             self.impl = load_impl(opt("--infini-impl"))
             if self.impl.outputs_dir is not None:
                 raise UsageError("--infini-impl: a directory of outputs is graded by `infini vectors check`")
-            profile = parse_profile(opt("--infini-profile"))
+            profile = resolve_profile(opt("--infini-profile"), self.impl, "--infini-profile")
         except UsageError as exc:
             raise pytest.UsageError(str(exc).replace("--impl", "--infini-impl", 1)) from None
-        if profile is None and self.impl.fixed_config is not None:
-            profile = {"gate_on": self.impl.fixed_config.gate_on,
-                       "first_segment": self.impl.fixed_config.first_segment}
-        thorough = opt("--infini-thorough")
-        n = opt("--infini-max-examples") or (THOROUGH_EXAMPLES if thorough else DEFAULT_EXAMPLES)
-        self.settings = Settings(dtype=dtype, profile=profile or {"gate_on": "memory", "first_segment": "gated"},
-                                 max_examples=n, seed=opt("--infini-seed"), thorough=thorough)
+        self.settings = Settings(dtype=dtype, profile=profile, max_examples=n, seed=opt("--infini-seed"),
+                                 thorough=thorough, min_examples=opt("--infini-min-examples"))
 
     def check(self, name: str) -> None:
         from .properties import PROPERTIES
-        from .runner import ERROR, FAIL, UNSUPPORTED, run_property
+        from .runner import ERROR, FAIL, INCONCLUSIVE, NOT_APPLICABLE, UNSUPPORTED, run_property
 
         r = run_property(PROPERTIES[name], self.impl, self.settings)
-        if r.verdict == UNSUPPORTED:
-            pytest.skip(f"not supported: {r.message}")
+        if r.verdict in (UNSUPPORTED, NOT_APPLICABLE):
+            pytest.skip(f"{r.verdict}: {r.message}")
+        if r.verdict == INCONCLUSIVE:
+            pytest.fail(f"{r.name} ({r.spec}) inconclusive, not passed: {r.message}", pytrace=False)
         if r.verdict in (FAIL, ERROR):
             ex = r.example or {}
             pytest.fail(f"{r.name} ({r.spec}) {r.verdict}: {r.doc}\n{r.message}\n"

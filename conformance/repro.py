@@ -44,6 +44,17 @@ class Session:
         return oracle_grads(self.config, {k: round_to(v, self.dtype) for k, v in params.items()},
                             round_to(x, self.dtype), round_to(dy, self.dtype))
 
+    def check_gradients(self, params, x, dy, seed: int = 0):
+        """The gradients property on one example: grad vs central differences of the implementation's forward."""
+        from .properties.gradients import directional, implementation_grads
+
+        p = {k: round_to(v, self.dtype) for k, v in params.items()}
+        x, dy = round_to(x, self.dtype), round_to(dy, self.dtype)
+        grads = implementation_grads(self.impl, self.config, self.dtype, p, x, dy)
+        for name, an, fd, allowed in directional(self.impl, self.config, self.dtype, p, x, dy, grads, seed):
+            print(f"d/d{name}: grad {an:.6g}, central differences {fd:.6g}, allowed error {allowed:.3g}")
+            assert abs(an - fd) <= allowed, f"d/d{name}: grad {an:.6g} != central differences {fd:.6g}"
+
     def assert_close(self, actual, expected, kind: str = "output"):
         table = {"output": OUTPUT_TOLERANCES, "state": STATE_TOLERANCES, "grad": GRAD_TOLERANCES}[kind]
         result = compare(kind, np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
@@ -61,6 +72,7 @@ def repro_code(example, impl_spec: str, settings, prop_name: str) -> str:
         "import numpy as np",
         "from infini_attention.reference import InfiniConfig",
         "from infini_attention.conformance.strategies import params_from_seed, x_from_seed",
+        "from infini_attention.conformance.transforms import *  # head_permutation, gate_limit, ...",
         "from infini_attention.conformance.repro import Session",
         f"config = InfiniConfig(**{_config_literal(c)})",
         f"B, T, split = {example.B}, {example.T}, {list(example.split)!r}",

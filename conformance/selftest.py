@@ -5,7 +5,7 @@ property rejects is a hole in the suite. The control (no mistake) must pass ever
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .contract import load_impl
 from .mutants import CONTROL, MUTANTS, OBSERVABLE_AT
@@ -21,6 +21,7 @@ class Catch:
     caught_by: list  # every property that rejected it (all of them when full, else the first)
     errors: list  # properties whose run errored (a suite bug)
     dtype: str = "float32"
+    results: list = field(default_factory=list, repr=False)  # the runner's Results (their repros)
 
     @property
     def caught(self) -> bool:
@@ -39,7 +40,7 @@ def catch(mutant: str, settings: Settings, full: bool = True) -> Catch:
         settings = replace(settings, dtype=OBSERVABLE_AT[mutant])
     results = run_suite(impl, settings, only=only, stop_on_fail=not full)
     return Catch(mutant, mistake, expected, [r.name for r in results if r.verdict == FAIL],
-                 [r.name for r in results if r.verdict == ERROR], settings.dtype)
+                 [r.name for r in results if r.verdict == ERROR], settings.dtype, results)
 
 
 def catch_table(settings: Settings, mutants=None, full: bool = True, progress=None) -> list[Catch]:

@@ -27,16 +27,20 @@ def _fixed_or(value, strategy):
 @st.composite
 def configs(draw, update=None, rope=None, gate_on=None, first_segment=None, gqa=None, max_segment_len=8,
             rope_theta=None, rope_style=None, tie_dims=False, eps=None, min_kv_heads=1, min_head_dim=1,
-            min_segment_len=1):
+            min_segment_len=1, tie_model=False, one_head=False):
     """A small InfiniConfig; pass a value to pin an option (``rope`` is True/False).
 
     Conformance pins (all optional): ``rope_theta``/``rope_style``/``eps`` fix those fields
-    (a fixed ``rope_theta`` implies RoPE on); ``tie_dims`` draws ``d_value == d_key``;
+    (a fixed ``rope_theta`` implies RoPE on); ``tie_dims`` draws ``d_value == d_key``; ``tie_model``
+    draws ``d_model == n_heads * d_key``; ``one_head`` draws n_heads = n_kv_heads = 1;
     ``min_kv_heads``, ``min_head_dim`` and ``min_segment_len`` bound the drawn sizes from below.
     """
-    n_kv = _labelled(draw, "n_kv_heads", st.integers(max(1, min_kv_heads), max(3, min_kv_heads)))
-    group = _labelled(draw, "group_size", _fixed_or(None, st.sampled_from([1, 2, 3])) if gqa is None
-                      else (st.sampled_from([2, 3]) if gqa else st.just(1)))
+    if one_head:
+        n_kv, group = 1, 1
+    else:
+        n_kv = _labelled(draw, "n_kv_heads", st.integers(max(1, min_kv_heads), max(3, min_kv_heads)))
+        group = _labelled(draw, "group_size", _fixed_or(None, st.sampled_from([1, 2, 3])) if gqa is None
+                          else (st.sampled_from([2, 3]) if gqa else st.just(1)))
     if rope_theta is not None:
         rope = True
     use_rope = _labelled(draw, "rope", _fixed_or(rope, st.booleans()))
@@ -46,7 +50,7 @@ def configs(draw, update=None, rope=None, gate_on=None, first_segment=None, gqa=
         draw, "d_value", st.sampled_from([d for d in (1, 2, 5, 7) if d >= min_head_dim]))
     seg_lens = [n for n in (1, 2, 3, 4, 5, 8) if min_segment_len <= n <= max(max_segment_len, min_segment_len)]
     return InfiniConfig(
-        d_model=_labelled(draw, "d_model", st.sampled_from([1, 3, 5, 8, 12])),
+        d_model=n_kv * group * d_key if tie_model else _labelled(draw, "d_model", st.sampled_from([1, 3, 5, 8, 12])),
         n_heads=n_kv * group,
         n_kv_heads=n_kv,
         d_key=d_key,

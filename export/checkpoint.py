@@ -1,12 +1,13 @@
-"""PyTorch checkpoints that `infini export --checkpoint` reads (and the demo writes).
+"""Checkpoints that `infini export --checkpoint` reads and the project writes.
+
+`save_checkpoint` writes safetensors (torch_impl/pretrained.py): ``PATH.safetensors``, one file with the
+config in its metadata, or any other path a directory in the Hugging Face layout (``config.json`` +
+``model.safetensors``, what ``save_pretrained`` writes). Tensor names are the reference names (SPEC.md
+§3.1, §9). `load_checkpoint` reads those, and the older formats: ``torch.save({"format":
+CHECKPOINT_FORMAT, "config": ..., "state_dict": ...})`` (.pt/.pth/.ckpt) and an ``.npz`` of reference
+arrays with a ``__config__`` JSON entry. Files are recognised by content, not by suffix.
 
 `params_from_onnx` reads the weights back out of an exported file (conformance adapters).
-
-A checkpoint is ``torch.save({"format": CHECKPOINT_FORMAT, "config": config.to_dict(),
-"state_dict": model.state_dict()})`` for a torch_impl `InfiniTransformerLM` (an LMConfig) or
-`InfiniAttention` (an InfiniConfig): their parameter names are the reference names, so the
-state_dict is the reference parameter dict. An ``.npz`` of reference arrays with a
-``__config__`` JSON entry is accepted too.
 """
 from __future__ import annotations
 
@@ -18,42 +19,77 @@ import numpy as np
 from ..reference.io_spec import config_from_json, kind_of
 
 CHECKPOINT_FORMAT = "infini-attention-checkpoint/1"
+LEGACY_SUFFIXES = (".pt", ".pth", ".ckpt", ".npz")
 
 
 def save_checkpoint(path, config, params) -> Path:
-    """Write ``params`` (a reference dict of arrays, or a torch_impl module) with its config."""
+    """Write ``params`` (a reference dict of arrays or tensors, or a torch_impl module) with its config, as
+    safetensors: ``*.safetensors`` one file; a legacy suffix (.pt, .npz, ...) is replaced by .safetensors;
+    any other path a save_pretrained directory. Returns the path written; nothing is written on bad input."""
     import torch
 
+    from ..torch_impl import pretrained
+
     kind_of(config)
-    if hasattr(params, "numpy_params"):
-        params = params.numpy_params()
-    state_dict = {k: torch.as_tensor(np.asarray(v)) for k, v in params.items()}
+    if hasattr(params, "named_parameters"):
+        tensors = dict(params.named_parameters())
+    else:
+        tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+                   for k, v in params.items()}
     path = Path(path)
-    torch.save({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "state_dict": state_dict}, path)
-    return path
+    if path.suffix in LEGACY_SUFFIXES:
+        path = path.with_suffix(".safetensors")
+    if path.suffix == ".safetensors":
+        return pretrained.write_file(path, config, tensors)
+    return pretrained.save_dir(path, config, tensors)
+
+
+def _is_safetensors(path: Path) -> bool:
+    """8-byte little-endian header length, then the JSON header: '{' (torch.save and .npz files are zips)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
 
 
 def load_checkpoint(path):
-    """(config, params as float64 reference arrays) from a .pt/.pth/.ckpt or .npz checkpoint."""
+    """(config, params as float64 reference arrays) from a safetensors file or directory, a .pt or an .npz."""
     path = Path(path)
+    if path.is_dir() or (path.is_file() and _is_safetensors(path)):
+        import torch
+
+        from ..torch_impl import pretrained
+
+        config, tensors = pretrained.read(path)
+        return config, {k: t.to(torch.float64).numpy() for k, t in tensors.items()}
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: expected a file, got {str(path)!r}")
+        raise FileNotFoundError(f"checkpoint: expected a file or a directory, got {str(path)!r}")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             if "__config__" not in npz.files:
                 raise ValueError(f"checkpoint {str(path)!r}: expected a '__config__' JSON entry beside the arrays")
             config = config_from_json(str(npz["__config__"]))
-            return config, {k: npz[k].astype(np.float64) for k in npz.files if k != "__config__"}
+            params = {k: npz[k].astype(np.float64) for k in npz.files if k != "__config__"}
+    else:
+        import torch
+
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"checkpoint {str(path)!r}: expected a dict with 'config' and 'state_dict' "
+                             f"(the .pt format of earlier versions), got {got}")
+        config = config_from_json(json.dumps(data["config"]))
+        params = {k: v.detach().to(torch.float64).numpy() for k, v in data["state_dict"].items()}
+    _check_arrays(path, config, params)
+    return config, params
+
+
+def _check_arrays(path: Path, config, params: dict) -> None:
+    """The tensors of a legacy checkpoint against its config: one line naming the tensor and both shapes."""
     import torch
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or "config" not in data or "state_dict" not in data:
-        got = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"checkpoint {str(path)!r}: expected a dict with 'config' and 'state_dict' "
-                         f"(export.checkpoint.save_checkpoint), got {got}")
-    config = config_from_json(json.dumps(data["config"]))
-    params = {k: v.detach().to(torch.float64).numpy() for k, v in data["state_dict"].items()}
-    return config, params
+    from ..torch_impl.pretrained import check_tensors
+
+    check_tensors(f"checkpoint {str(path)!r}", config, {k: torch.from_numpy(v) for k, v in params.items()})
 
 
 def params_from_onnx(path) -> tuple:
@@ -61,7 +97,7 @@ def params_from_onnx(path) -> tuple:
     import onnx
     from onnx import numpy_helper
 
-    from ..reference import LMConfig, lm_param_shapes, param_shapes
+    from ..reference import param_shapes
     from ..reference.io_spec import METADATA_KEYS
 
     model = onnx.load(str(path))
@@ -71,7 +107,7 @@ def params_from_onnx(path) -> tuple:
     config = config_from_json(meta[METADATA_KEYS["config"]])
     aliases = json.loads(meta.get(METADATA_KEYS["aliases"], "{}"))
     inits = {i.name: i for i in model.graph.initializer}
-    shapes = lm_param_shapes(config) if isinstance(config, LMConfig) else param_shapes(config)
+    shapes = param_shapes(config)
     missing = [n for n in shapes if aliases.get(n, n) not in inits]
     if missing:
         raise ValueError(f"model {str(path)!r}: expected initializers for every parameter, missing {missing[:5]}")

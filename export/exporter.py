@@ -1,14 +1,17 @@
 """Export a layer or the LM to ONNX, then check the file before it is put in place.
 
-`export()` traces `graph.LayerStep` / `graph.LMStep` with the TorchScript exporter
-(``dynamo=False``: size arithmetic becomes Shape ops, so batch, chunk and past_len stay
-symbolic), writes the config into the metadata, and then checks:
+`export()` traces `graph.GraphStep` twice, once per torch_impl form (``piece``: one segment piece, for
+decoding; ``chunk``: any number of tokens), with torch.export (``exporter="dynamo"``, default) or the
+TorchScript tracer (``"torchscript"``, opset <= 20), joins both under one ``If`` (compose.py), writes the
+config into the metadata, and then checks:
   1. onnx.checker;
   2. every input and output against io_spec.py: names, dtypes, and the dims that must be
      symbolic really are (an exporter can silently make a dynamic dim static);
   3. ONNX Runtime (CPU) against the float64 reference on random inputs streamed over many
      calls (selfcheck.py: the splits, and how trained weights' conditioning is allowed for).
-The file appears at ``path`` only when all pass; otherwise `ExportError` says what failed.
+The file appears at ``path`` only when all pass; otherwise `ExportError` says what failed, naming the exporter.
+Opset 23 (default) computes local attention with the standard ``Attention`` op; ``opset=17`` keeps
+MatMul/Softmax for older runtimes. Same inputs, outputs and results either way.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +27,17 @@ import onnx
 import onnx.numpy_helper
 import torch
 
-from ..reference import SPEC_VERSION, LMConfig, lm_param_shapes, param_shapes
-from ..reference import io_spec
-from .graph import LayerStep, LMStep
+from ..reference import SPEC_VERSION, io_spec
+from ..reference.shapes import attn_prefix
+from ..reference.validate import check_params
+from ..torch_impl import attention_layers, model_from_numpy
+from .compose import ELEM, compose, node_counts
+from .graph import ATTENTION_OPSET, EXPORTERS, FORMS, TORCHSCRIPT_MAX_OPSET, GraphStep, trace
 from .selfcheck import SelfCheckError, self_check
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
-DEFAULT_OPSET = 17
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
+DEFAULT_OPSET = ATTENTION_OPSET
+MIN_OPSET = 17  # Shape(start, end), LessOrEqual, CumSum: all there by 17; the MatMul form is tested at 17
 
 
 class ExportError(RuntimeError):
@@ -47,48 +53,58 @@ class ExportResult:
     model_id: str
     checks: list[str] = field(default_factory=list)  # one line per comparison made
     seconds: float = 0.0
+    exporter: str = "dynamo"
+    opset: int = DEFAULT_OPSET  # as written: the dynamo exporter writes at least DYNAMO_MIN_OPSET
+    state_dtype: str = "float32"
+    nodes: dict = field(default_factory=dict)  # compose.node_counts: per branch and in all
 
 
 def export(config, params: dict, path, *, dtype: str = "float32", opset: int = DEFAULT_OPSET, check: bool = True,
-           seed: int = 0) -> ExportResult:
-    """Export ``config`` (LMConfig -> the LM, InfiniConfig -> one layer) with reference-layout ``params``."""
+           seed: int = 0, exporter: str = "dynamo", state_dtype: str = "float32") -> ExportResult:
+    """Export ``config`` (LMConfig -> the LM, InfiniConfig -> one layer) with reference-layout ``params``.
+
+    dtype: compute dtype ("float32", "float16"); state_dtype: M and z ("float32", or "float64" for streams far
+    past 1e9 tokens, SPEC.md §11); exporter: "dynamo" or "torchscript"; opset: 17 .. (23+: Attention op)."""
     t0 = time.perf_counter()
     kind = io_spec.kind_of(config)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
-    params = _check_params(config, params)
+    check_options(dtype, state_dtype, exporter, opset)
+    params = check_params(config, params, allow_extra=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    module = (LMStep if kind == "lm" else LayerStep)(config, params, DTYPES[dtype]).eval()
-    specs = io_spec.specs(config, dtype)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(module, _example_inputs(config, dtype), str(tmp),
-                              input_names=[s.name for s in specs if s.direction == "in"],
-                              output_names=[s.name for s in specs if s.direction == "out"],
-                              dynamic_axes=io_spec.dynamic_axes(config, dtype), opset_version=opset,
-                              dynamo=False, do_constant_folding=False)  # keep weights under their names
-        model = onnx.load(str(tmp))
-        model_id = fingerprint(config, params, dtype)
+        graphs = {}
+        for branch in FORMS:
+            form = traced_form(branch, config.attn.segment_len)
+            try:
+                graphs[branch] = traced(config, params, dtype, state_dtype, form, exporter, opset)
+            except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as the export's
+                first = (str(exc).strip().splitlines() or [""])[0][:400]
+                raise ExportError(f"exporter {exporter!r} (opset {opset}) could not export the {kind}'s {form} form: "
+                                  f"{type(exc).__name__}: {first}"
+                                  + ("; try --exporter torchscript --opset 17" if exporter == "dynamo" else
+                                     "; try --exporter dynamo")) from exc
+        model = compose(graphs, config, dtype, state_dtype, set(params))
+        model_id = fingerprint(config, params, dtype, state_dtype)
         meta = {"format": io_spec.FORMAT, "kind": kind, "config": json.dumps(config.to_dict(), sort_keys=True),
-                "compute_dtype": dtype, "state_dtype": "float32", "model_id": model_id,
-                "spec_version": SPEC_VERSION, "contract": io_spec.CONTRACT,
+                "compute_dtype": dtype, "state_dtype": state_dtype, "model_id": model_id,
+                "spec_version": SPEC_VERSION, "contract": io_spec.CONTRACT, "exporter": exporter,
                 "aliases": json.dumps(_aliases(model, params, dtype))}
         onnx.helper.set_model_props(model, {io_spec.METADATA_KEYS[k]: v for k, v in meta.items()})
         model.doc_string = f"Infini-attention {kind} (arXiv 2404.07143); {io_spec.CONTRACT}"
         onnx.checker.check_model(model)
-        problems = check_io(model, config, dtype)
+        problems = check_io(model, config, dtype, state_dtype)
         if problems:
-            raise ExportError("exported graph I/O does not match io_spec.py:\n  " + "\n  ".join(problems))
+            raise ExportError(f"exporter {exporter!r}: graph I/O does not match io_spec.py:\n  " + "\n  ".join(problems))
         onnx.save(model, str(tmp))
-        result = ExportResult(path, kind, config, dtype, model_id)
+        written = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        result = ExportResult(path, kind, config, dtype, model_id, exporter=exporter, opset=written,
+                              state_dtype=state_dtype, nodes=node_counts(model))
         if check:
             try:
                 result.checks = self_check(tmp, config, rounded_params(params, dtype), dtype=dtype, seed=seed)
             except SelfCheckError as exc:
-                raise ExportError(str(exc)) from None
+                raise ExportError(f"exporter {exporter!r} (opset {opset}): {exc}") from None
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -97,12 +113,72 @@ def export(config, params: dict, path, *, dtype: str = "float32", opset: int = D
     return result
 
 
-def check_io(model: onnx.ModelProto, config, dtype: str = "float32") -> list[str]:
+def traced_form(branch: str, N: int) -> str:
+    """The form traced for an If branch: its own, when a call of its domain exists whose sizes suit tracing
+    (`example_sizes`); otherwise (inside needs N >= 6, piece N >= 5) the chunk form, valid for every call."""
+    return branch if example_sizes(branch, N) else "chunk"
+
+
+def example_sizes(form: str, N: int):
+    """(batch, n pending, t new) to trace ``form`` with, or None: a call of the form's domain (inside n + t < N,
+    piece n + t = N, chunk n + t > N) whose three sizes are >= 2 and distinct. torch.export specialises a dim
+    whose example is 0 or 1 to that value, and may take two dims with equal examples for one. The chunk
+    form is valid for any n, so for N <= 2 it traces with n = 2 (more than a real state holds)."""
+    for n in range(2, max(N, 3)):
+        for t in range(2, N + 4):
+            L = n + t
+            if {"inside": L < N, "piece": L == N, "chunk": L > N}[form] and n != t:
+                B = next(b for b in range(2, 6) if b not in (n, t))
+                return B, n, t
+    return None
+
+
+_TRACED: dict = {}  # (structure, form) -> serialized graph: the graph depends on the config and options only
+
+
+def traced(config, params: dict, dtype: str, state_dtype: str, form: str, exporter: str, opset: int):
+    """graph.trace of ``form`` for these weights. A graph depends on the config and the options, never on the
+    weights (they are initializers under their names, never folded), so one traced in this process for the
+    same structure is reused with these weights written into its initializers (torch.export takes seconds
+    per form); the self-check then runs on the file as always."""
+    key = (json.dumps(config.to_dict(), sort_keys=True), dtype, state_dtype, exporter, opset, form)
+    arrays = rounded_params(params, dtype, as_float64=False)
+    if key in _TRACED:
+        model = onnx.load_from_string(_TRACED[key])
+        inits = {i.name: i for i in model.graph.initializer}
+        if all(n in inits and list(inits[n].dims) == list(a.shape) for n, a in arrays.items()):
+            for name, arr in arrays.items():
+                inits[name].CopyFrom(onnx.numpy_helper.from_array(arr, name))
+            return model
+    module = traced_module(config, params, dtype, state_dtype)
+    model = trace(module, config, dtype, state_dtype, form, exporter, opset, _example_inputs(config, dtype, state_dtype, form))
+    _TRACED[key] = model.SerializeToString()
+    return model
+
+
+def check_options(dtype: str, state_dtype: str, exporter: str, opset: int) -> None:
+    """The export's options, each error naming the option, what it accepts and what it got."""
+    if dtype not in io_spec.COMPUTE_DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(io_spec.COMPUTE_DTYPES)}, got {dtype!r}")
+    if state_dtype not in io_spec.STATE_DTYPES:
+        raise ValueError(f"state_dtype: expected one of {list(io_spec.STATE_DTYPES)}, got {state_dtype!r}")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter: expected one of {list(EXPORTERS)}, got {exporter!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"opset: expected an integer in [{MIN_OPSET}, {newest}] (this onnx's newest), got {opset!r}")
+    if exporter == "torchscript" and opset > TORCHSCRIPT_MAX_OPSET:
+        raise ValueError(f"opset: expected at most {TORCHSCRIPT_MAX_OPSET} with exporter 'torchscript' (it predates "
+                         f"the Attention op of opset {ATTENTION_OPSET}), got {opset}; use --opset 17 or the dynamo "
+                         "exporter")
+
+
+def check_io(model: onnx.ModelProto, config, dtype: str = "float32", state_dtype: str = "float32") -> list[str]:
     """Differences between the graph's inputs/outputs and io_spec.py (empty when they agree)."""
-    elem = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "int64": onnx.TensorProto.INT64}
+    elem = ELEM
     graph = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
     order = [v.name for v in model.graph.input] + [v.name for v in model.graph.output]
-    specs = io_spec.specs(config, dtype)
+    specs = io_spec.specs(config, dtype, state_dtype)
     problems = [] if order == [s.name for s in specs] else [f"names/order: expected {[s.name for s in specs]}, "
                                                             f"got {order}"]
     for s in specs:
@@ -137,9 +213,11 @@ def _aliases(model: onnx.ModelProto, params: dict, dtype: str) -> dict:
     return out
 
 
-def fingerprint(config, params: dict, dtype: str) -> str:
-    """16 hex digits of sha256 over the config, the dtype and the weights as exported."""
-    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode() + dtype.encode())
+def fingerprint(config, params: dict, dtype: str, state_dtype: str = "float32") -> str:
+    """16 hex digits of sha256 over the config, the dtypes and the weights as exported (a float32 state keeps
+    the fingerprint it had before the state dtype was an option)."""
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode() + dtype.encode()
+                       + (b"" if state_dtype == "float32" else state_dtype.encode()))
     for name, arr in sorted(rounded_params(params, dtype, as_float64=False).items()):
         h.update(name.encode())
         h.update(np.ascontiguousarray(arr).tobytes())
@@ -152,42 +230,29 @@ def rounded_params(params: dict, dtype: str, as_float64: bool = True) -> dict:
     return {n: a.astype(np.float64) for n, a in out.items()} if as_float64 else out
 
 
-def _check_params(config, params: dict) -> dict:
-    shapes = lm_param_shapes(config) if isinstance(config, LMConfig) else param_shapes(config)
-    if not hasattr(params, "keys"):
-        raise ValueError(f"params: expected a dict of arrays, got {type(params).__name__}")
-    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
-    if missing or extra:
-        raise ValueError(f"params: expected the {len(shapes)} keys of {type(config).__name__}, missing "
-                         f"{missing[:5]}, unexpected {extra[:5]}")
-    out = {}
-    for name, shape in shapes.items():
-        arr = np.asarray(params[name])
-        if tuple(arr.shape) != tuple(shape) or not np.issubdtype(arr.dtype, np.floating):
-            raise ValueError(f"params['{name}']: expected a float array of shape {shape}, got {arr.dtype} "
-                             f"{tuple(arr.shape)}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"params['{name}']: expected finite values, got NaN/Inf")
-        out[name] = arr.astype(np.float64)
-    return out
+def traced_module(config, params: dict, dtype: str, state_dtype: str = "float32") -> GraphStep:
+    """torch_impl's own model for ``config`` in the compute dtype, wrapped for tracing (graph.py). beta stays
+    float32 (rounded_params): sigmoid(beta) of a float16 beta would move the gate by up to 1e-3."""
+    model = model_from_numpy(config, params, dtype=DTYPES[dtype], check_values=False,
+                             state_dtype=DTYPES[state_dtype]).eval()
+    with torch.no_grad():
+        for i, layer in enumerate(attention_layers(model)):
+            layer.beta.data = torch.from_numpy(np.asarray(params[attn_prefix(config, i) + "beta"], np.float32))
+    return GraphStep(model, torch.float32 if config.takes_tokens else DTYPES[dtype])  # io_spec: logits float32
 
 
-def _example_inputs(config, dtype: str) -> tuple:
-    """Inputs to trace with: batch 2, n = 1 pending, t = up to 3 new tokens (n + t <= N)."""
-    B = 2
-    attn = config.attn if isinstance(config, LMConfig) else config
-    N = attn.segment_len
-    n = 1 if N >= 2 else 0
-    t = min(3, N - n)
+def _example_inputs(config, dtype: str, state_dtype: str = "float32", form: str = "chunk") -> tuple:
+    """Inputs to trace ``form`` with: a call of its domain (`example_sizes`), random values."""
+    B, n, t = example_sizes(form, config.attn.segment_len)
+    attn = config.attn
     g = torch.Generator().manual_seed(0)
-    if isinstance(config, LMConfig):
+    if config.takes_tokens:
         first = torch.randint(0, config.vocab_size, (B, t), generator=g)
     else:
         first = torch.randn(B, t, attn.d_model, generator=g).to(DTYPES[dtype])
     state = [torch.tensor(0, dtype=torch.int64)]
-    for spec in io_spec.inputs(config, dtype):
+    for spec in io_spec.inputs(config, dtype, state_dtype):
         if spec.layer is not None:
             shape = tuple({"batch": B, "past_len": n}.get(d, d) if isinstance(d, str) else d for d in spec.dims)
-            state.append(torch.rand(shape, generator=g))
+            state.append(torch.rand(shape, generator=g, dtype=DTYPES[spec.dtype]))
     return (first, *state)
-

@@ -1,175 +1,161 @@
-"""The torch modules that are traced into ONNX: one call = one *piece* of one segment.
+"""The module the exporter traces, and tracing it: a torch_impl model (the layer or the LM) with its state
+flattened into graph inputs and outputs (SPEC.md §14.1, ``reference/io_spec.py``).
 
-Contract of every call (the runtime, ``session.py``, splits a stream so that it holds):
-the pending length n (dim 2 of ``past_key_values.{i}.key``) plus the chunk length t is at
-most the segment length N. Then the graph needs only shape arithmetic, no control flow:
+No math is written here. The model's attention layers run one of torch_impl's branch-free forms
+(``torch_impl.chunk.form_mode``) with the equations of ``torch_impl.export_forms``:
+  inside  a call that stays inside its segment (past_len + chunk < N: decoding): ``decode.inside_piece`` from
+          opset 23, ``naive.segment_piece`` (writing nothing) before;
+  piece   ``naive.segment_piece`` for a call that ends exactly on a segment boundary (past_len + chunk = N);
+  chunk   ``chunk.chunk_forward`` for any longer call (every segment it completes is written).
+With opset >= 23 local attention is one ONNX ``Attention`` node (``attention_op.py``), the pending keys and
+values as ``past_key``/``past_value``, RoPE one ``RotaryEmbedding`` and the LM's norms ``RMSNormalization``.
+Everything else is the model's own ``forward``. Nothing branches on a
+size, so batch, chunk and past_len stay symbolic. The state crosses the graph boundary in float32 (M and z
+in the state dtype) whatever the compute dtype (SPEC.md §11).
 
-    L    = n + t                  positions of the segment seen so far
-    done = (L // N) * L           N if this piece completes the segment, else 0
-    memory update  from keys/values [:done]   (an empty slice writes exactly nothing)
-    present k/v    = keys/values   [done:]    (empty after a completed segment)
-    present_segments = past_segments + L // N
-
-So a decode step (t = 1) never pays for the memory write except on the segment's last
-token, and a prefill call of N tokens writes exactly once. The math is the torch
-implementation's primitives (``torch_impl.functional``); the local attention is written
-here with an explicit bottom-right causal mask, because the torch layer picks its SDPA
-variant from Python-level shape tests, which tracing would freeze.
+``trace`` runs torch.export (``exporter="dynamo"``, the default) or the TorchScript tracer
+(``"torchscript"``, opset <= 20) and returns one ONNX graph per form; ``compose.py`` joins them.
 """
 from __future__ import annotations
 
-import numpy as np
+import io
+import logging
+import warnings
+
+import onnx
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..reference import InfiniConfig, LMConfig, param_shapes
-from ..torch_impl import functional as Fn
-from ..torch_impl.lm import rms_norm
+from ..reference import io_spec
+from ..reference.io_spec import STATE_FIELDS
+from ..torch_impl import TorchInfiniState, attention_layers, lm, model_step, naive
+from ..torch_impl.chunk import chunk_forward, form_mode
+from ..torch_impl.decode import inside_piece
+from ..torch_impl.export_forms import equations, lm_norms, norm_op
+from .compose import all_nodes, attend_past_onnx, keep_attention_present, rotary_heads_first_onnx, rotary_onnx
 
-STATE_DTYPE = torch.float32  # M, z and pending k/v cross the graph boundary in float32
+EXPORTERS = ("dynamo", "torchscript")
+TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's newest opset (it has no Attention op)
+DYNAMO_MIN_OPSET = 18  # torch.export's ONNX translation writes opset 18 at least (asked for 17, it gives 18)
+ATTENTION_OPSET = 23  # the first opset with the standard Attention op
+FORMS = {"inside": naive.segment_piece, "piece": naive.segment_piece, "chunk": chunk_forward}
+DECODE_FORM = inside_piece  # the inside branch from opset 23 on (its RoPE and attention are opset-23 ops)
 
 
-def _const(arr, dtype) -> torch.Tensor:
-    """Round in NumPy (float64 -> dtype directly; torch may round float64 -> float16 via float32)."""
-    np_dtype = {torch.float32: np.float32, torch.float16: np.float16}[dtype]
-    return torch.from_numpy(np.asarray(arr, dtype=np.float64).astype(np_dtype))
+class GraphStep(nn.Module):
+    """(first input, past_segments, per-layer key, value, M, z) -> (output, present_segments, per-layer ...).
 
+    ``model``: a torch_impl model in the compute dtype (``InfiniAttention``: x in, y out; ``InfiniTransformerLM``:
+    input_ids in, logits out). Per-layer tensors follow io_spec's order: key, value, M, z."""
 
-class LayerStep(nn.Module):
-    """One Infini-attention layer, one piece: (x, segments, k, v, M, z) -> (y, segments', k', v', M', z').
-
-    x (B, t, D) compute dtype; segments () int64; k (B, Hkv, n, dk), v (B, Hkv, n, dv),
-    M (B, Hkv, dk, dv), z (B, Hkv, dk) float32. Requires n + t <= N (io_spec.py).
-    """
-
-    def __init__(self, config: InfiniConfig, params: dict, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: nn.Module, output_dtype: torch.dtype):
         super().__init__()
-        self.c, self.dtype = config, dtype
-        for name in param_shapes(config):
-            self.register_buffer(name, _const(params[name], dtype if name != "beta" else STATE_DTYPE))
-        if config.rope_theta is not None:
-            cos, sin = Fn.rope_tables(config.segment_len, config.d_key, config.rope_theta, torch.float64,
-                                      torch.device("cpu"))
-            self.register_buffer("rope_cos", _const(cos.numpy(), dtype))  # (N, dk/2), angles in float64
-            self.register_buffer("rope_sin", _const(sin.numpy(), dtype))
+        self.model, self.output_dtype = model, output_dtype
+        self.n_layers = len(attention_layers(model))
+        self.compute_dtype = attention_layers(model)[0].wq.dtype
+        assert len(STATE_FIELDS) == 4  # key, value, M, z: the slicing below follows this order
 
-    def forward(self, x, past_segments, past_k, past_v, past_m, past_z, t=None):
-        c, dt = self.c, self.dtype
-        H, Hkv, G, dk, dv, N = c.n_heads, c.n_kv_heads, c.group_size, c.d_key, c.d_value, c.segment_len
-        # sizes are read off graph inputs only (the LM passes t from input_ids; see _local_attention)
-        t, n = (x.shape[1] if t is None else t), past_k.shape[2]
-        L = n + t
-        flag = L // N  # 1 when this piece completes the segment (n + t <= N by contract)
-        done = flag * L
-
-        q = (x @ self.wq).unflatten(-1, (H, dk))  # (B, t, H, dk)
-        k_new = (x @ self.wk).unflatten(-1, (Hkv, dk))  # (B, t, Hkv, dk)
-        v_new = (x @ self.wv).unflatten(-1, (Hkv, dv))  # (B, t, Hkv, dv)
-        k = torch.cat((past_k.transpose(1, 2).to(dt), k_new), dim=1)  # (B, L, Hkv, dk) pre-RoPE
-        v = torch.cat((past_v.transpose(1, 2).to(dt), v_new), dim=1)  # (B, L, Hkv, dv)
-
-        q_loc, k_loc = q, k
-        if c.rope_theta is not None:  # positions are offsets within the segment
-            q_loc = Fn.apply_rope(q, self.rope_cos[n:L], self.rope_sin[n:L], c.rope_style)
-            k_loc = Fn.apply_rope(k, self.rope_cos[:L], self.rope_sin[:L], c.rope_style)
-        a_dot = _local_attention(q_loc, k_loc, v, n, t, c.attn_scale, G)  # (B, Hkv, G, t, dv)
-
-        mdt = STATE_DTYPE
-        sq = Fn.sigma(q.to(mdt)).transpose(1, 2).unflatten(1, (Hkv, G))  # (B, Hkv, G, t, dk) pre-RoPE
-        a_mem = _memory_read(sq, past_m, past_z, c.eps)  # (B, Hkv, G, t, dv)
-        s = torch.sigmoid(self.beta)  # (H,)
-        w_mem, w_dot = (s, 1 - s) if c.gate_on == "memory" else (1 - s, s)
-        if c.first_segment == "local_only":  # the stream's first segment is plain local attention
-            first = (past_segments == 0).to(mdt)  # 0-d
-            w_mem, w_dot = w_mem * (1 - first), w_dot * (1 - first) + first
-        w_mem, w_dot = (w.reshape(Hkv, G, 1, 1) for w in (w_mem, w_dot))  # head h = kv * G + g
-        a = w_mem * a_mem + w_dot * a_dot.to(mdt)  # (B, Hkv, G, t, dv)
-        a = a.to(dt).flatten(1, 2).transpose(1, 2)  # (B, t, H, dv)
-        y = a.to(dt).flatten(2) @ self.wo  # (B, t, D)
-
-        sk = Fn.sigma(k[:, :done].to(mdt)).transpose(1, 2)  # (B, Hkv, done, dk): done is 0 or N
-        vd = v[:, :done].to(mdt).transpose(1, 2)  # (B, Hkv, done, dv)
-        m, z = _memory_write(past_m, past_z, sk, vd, c.eps, c.update == "delta")
-        present_k = k[:, done:].transpose(1, 2).to(STATE_DTYPE)  # (B, Hkv, L - done, dk)
-        present_v = v[:, done:].transpose(1, 2).to(STATE_DTYPE)  # (B, Hkv, L - done, dv)
-        segments = (past_segments + flag).reshape(())  # int64 scalar, like past_segments
-        return y, segments, present_k, present_v, m, z
+    def forward(self, first, past_segments, *past):
+        dt = self.compute_dtype
+        states = [TorchInfiniState(M=past[4 * i + 2], z=past[4 * i + 3], k=past[4 * i].to(dt),
+                                   v=past[4 * i + 1].to(dt), segments=past_segments)
+                  for i in range(self.n_layers)]
+        out, states = model_step(self.model, first, states)
+        present = []
+        for st in states:
+            present += [st.k.float(), st.v.float(), st.M, st.z]  # (B, Hkv, n', d) ..., M, z (state dtype)
+        return (out.to(self.output_dtype), states[0].segments.reshape(()), *present)
 
 
-def _memory_write(m, z, sk, v, eps: float, delta: bool):
-    """SPEC.md §7: ``M += sigma(K)^T V`` (linear) or ``sigma(K)^T (V - sigma(K) M / max(sigma(K) z, eps))``
-    (delta), ``z += sum_t sigma(K_t)``, for the ``done`` (0 or N) keys of a completed segment.
-
-    sk (B, Hkv, done, dk) = sigma(K), v (B, Hkv, done, dv). Written with MatMul only (no ReduceSum,
-    which ONNX Runtime returns empty, not 0, over an empty axis), so done = 0 adds exactly 0.
-    """
-    if delta:  # what the memory already returns for these keys (Eq. 7), as torch_impl.delta_update
-        v = v - (sk @ m) / (sk @ z[..., None]).clamp_min(eps)  # (B, Hkv, done, dv)
-    ones = torch.ones_like(v[..., :1])  # (B, Hkv, done, 1)
-    dmz = sk.transpose(-1, -2) @ torch.cat((v, ones), dim=-1)  # (B, Hkv, dk, dv + 1)
-    return m + dmz[..., :-1], z + dmz[..., -1]
+def attention_kind(opset: int) -> str:
+    """Local attention by MatMul/Softmax before opset 23, by the standard Attention op from it on."""
+    return "op" if opset >= ATTENTION_OPSET else "matmul"
 
 
-def _memory_read(sq, m, z, eps: float):
-    """Eq. 5 (SPEC.md §6): ``A_mem = sigma(q) M / max(sigma(q) . z, eps)`` as two MatMuls.
-
-    sq (B, Hkv, G, t, dk) = sigma(q) in float32, m (B, Hkv, dk, dv), z (B, Hkv, dk) -> (B, Hkv, G, t, dv).
-    """
-    num = sq @ m[:, :, None]  # (B, Hkv, G, t, dv)
-    den = sq @ z[:, :, None, :, None]  # (B, Hkv, G, t, 1)
-    return num / den.clamp_min(eps)
-
-
-def _local_attention(q, k, v, n, t, scale: float, G: int):
-    """Causal attention of t queries at offsets n.. n+t-1 over keys 0 .. L-1 (L = n + t).
-
-    q (B, t, H, dk), k (B, L, Hkv, dk), v (B, L, Hkv, dv). Query head h
-    reads key/value head h // G: heads are split (Hkv, G) with no copy of k or v.
-    Returns (B, Hkv, G, t, dv).
-    """
-    Hkv, L = k.shape[2], n + t  # sizes from the graph inputs only: the tracer may freeze shapes read
-    # off intermediate tensors (seen with unflatten), which would make chunk or past_len static
-    qg = q.transpose(1, 2).unflatten(1, (Hkv, G))  # (B, Hkv, G, t, dk)
-    kt = k.permute(0, 2, 3, 1)[:, :, None]  # (B, Hkv, 1, dk, L)
-    vt = v.transpose(1, 2)[:, :, None]  # (B, Hkv, 1, L, dv)
-    scores = (qg @ kt) * scale  # (B, Hkv, G, t, L)
-    rows = torch.arange(t, device=q.device)[:, None] + n  # (t, 1) query offsets
-    visible = torch.arange(L, device=q.device)[None, :] <= rows  # (t, L); the diagonal is visible
-    scores = scores.masked_fill(~visible, float("-inf"))
-    return F.softmax(scores, dim=-1) @ vt  # (B, Hkv, G, t, dv)
+def trace(module: GraphStep, config, dtype: str, state_dtype: str, form: str, exporter: str, opset: int,
+          example: tuple) -> onnx.ModelProto:
+    """One ONNX graph of ``module`` running ``form`` (a key of FORMS), inputs/outputs named by io_spec and
+    initializers by the reference parameter names. Errors propagate (the exporter names the exporter)."""
+    specs = io_spec.specs(config, dtype, state_dtype)
+    names_in = [s.name for s in specs if s.direction == "in"]
+    names_out = [s.name for s in specs if s.direction == "out"]
+    eq = equations(form, attention_kind(opset), state_dtype == "float64")
+    norms = lm_norms(norm_op if opset >= ATTENTION_OPSET else lm.rms_norm)  # RMSNormalization is opset 23 too
+    fn = DECODE_FORM if form == "inside" and opset >= ATTENTION_OPSET else FORMS[form]
+    with torch.no_grad(), form_mode(module.model, fn, eq), norms, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and rename notices of both exporters
+        module(*example)  # eagerly once: fills naive.rope's table cache with real tensors before tracing
+        if exporter == "torchscript":
+            buf = io.BytesIO()
+            torch.onnx.export(module, example, buf, input_names=names_in, output_names=names_out,
+                              dynamic_axes=io_spec.dynamic_axes(config, dtype), opset_version=opset, dynamo=False,
+                              do_constant_folding=False)  # keep weights under their names
+            model = onnx.load_from_string(buf.getvalue())
+        else:
+            model = _dynamo(module, config, example, names_in, names_out, opset)
+    _strip_prefix(model, "model.")
+    _name_inputs(model, names_in)
+    return model
 
 
-class LMStep(nn.Module):
-    """The LM of SPEC.md §9, one piece: (input_ids, segments, per-layer k, v, M, z) -> (logits, ...)."""
+def _name_inputs(model: onnx.ModelProto, names: list) -> None:
+    """Give the graph inputs their io_spec names again: when an output is an input passed through (M, z of a
+    call that writes nothing), torch.onnx names the shared value after the output and the input ``..._orig``."""
+    renamed = {v.name: want for v, want in zip(model.graph.input, names) if v.name != want}
+    for v in model.graph.input:
+        v.name = renamed.get(v.name, v.name)
+    for node in all_nodes(model.graph):
+        node.input[:] = [renamed.get(name, name) for name in node.input]
 
-    def __init__(self, config: LMConfig, params: dict, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.c, self.dtype = config, dtype
-        for name in ("embed", "final_norm", "lm_head"):
-            self.register_buffer(name, _const(params[name], dtype))
-        self.layers = nn.ModuleList()
-        for i in range(config.n_layers):
-            attn = {n: params[f"layers.{i}.attn.{n}"] for n in param_shapes(config.attn)}
-            blk = nn.Module()  # buffer names = reference names: layers.{i}.attn.wq, layers.{i}.mlp.w_up, ...
-            blk.attn = LayerStep(config.attn, attn, dtype)
-            blk.mlp = nn.Module()
-            for name in ("attn_norm", "mlp_norm"):
-                blk.register_buffer(name, _const(params[f"layers.{i}.{name}"], dtype))
-            for name in ("w_gate", "w_up", "w_down"):
-                blk.mlp.register_buffer(name, _const(params[f"layers.{i}.mlp.{name}"], dtype))
-            self.layers.append(blk)
 
-    def forward(self, input_ids, past_segments, *past):
-        eps = self.c.norm_eps
-        x = F.embedding(input_ids, self.embed)  # (B, t, D)
-        presents, segments, t = [], past_segments, input_ids.shape[1]
-        for i, blk in enumerate(self.layers):
-            k, v, m, z = past[4 * i: 4 * i + 4]
-            a, segments, k, v, m, z = blk.attn(rms_norm(x, blk.attn_norm, eps), past_segments, k, v, m, z, t)
-            h = x + a
-            g = rms_norm(h, blk.mlp_norm, eps)
-            x = h + (F.silu(g @ blk.mlp.w_gate) * (g @ blk.mlp.w_up)) @ blk.mlp.w_down
-            presents += [k, v, m, z]
-        logits = (rms_norm(x, self.final_norm, eps) @ self.lm_head).to(torch.float32)  # (B, t, V)
-        return (logits, segments, *presents)
+def _dynamo(module, config, example, names_in, names_out, opset) -> onnx.ModelProto:
+    import onnx_ir as ir
+    import onnxscript.optimizer
+
+    batch, chunk = torch.export.Dim("batch", min=1), torch.export.Dim("chunk", min=1)
+    past_len = torch.export.Dim("past_len", min=0)
+    past = []
+    for spec in io_spec.inputs(config):
+        if spec.layer is not None:  # key/value (batch, Hkv, past_len, d); M, z (batch, ...)
+            past.append({0: batch, 2: past_len} if "past_len" in spec.dims else {0: batch})
+    table = {torch.ops.infini_attention.attend_past.default: attend_past_onnx,
+             torch.ops.infini_attention.rotary.default: rotary_onnx,
+             torch.ops.infini_attention.rotary_heads_first.default: rotary_heads_first_onnx}
+    program = torch.onnx.export(module, example, dynamo=True, input_names=names_in, output_names=names_out,
+                                dynamic_shapes={"first": {0: batch, 1: chunk}, "past_segments": None,
+                                                "past": tuple(past)},
+                                opset_version=max(opset, DYNAMO_MIN_OPSET), optimize=False, custom_translation_table=table, verbose=False)
+    model = program.model
+    # The optimizer folds constant subgraphs, parameters included (sigmoid(beta), norms of ones): shown to it as
+    # graph inputs they stay initializers under their names, which checkpoints and the conformance adapter need.
+    names = {"model." + n for n, _ in module.model.named_parameters()}
+    params = [v for name, v in model.graph.initializers.items() if name in names]
+    model.graph.inputs.extend(params)
+    quiet = logging.getLogger("onnx_ir")  # it notes each initializer it may not deduplicate: those above
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        onnxscript.optimizer.optimize(model)
+        # Every layer computes the same size arithmetic (position ids, masks, shapes) and holds the same
+        # constant tables: one copy of each serves all of them.
+        ir.passes.common.DeduplicateInitializersPass()(model)
+        ir.passes.common.CommonSubexpressionEliminationPass()(model)
+        onnxscript.optimizer.optimize(model)
+    finally:
+        quiet.setLevel(level)
+    for v in params:
+        model.graph.inputs.remove(v)
+    proto = ir.to_proto(model)
+    keep_attention_present(proto)
+    return proto
+
+
+def _strip_prefix(model: onnx.ModelProto, prefix: str) -> None:
+    """Name initializers by the reference parameter names (``wq``, ``layers.0.attn.wq``): the wrapper's
+    attribute name is not part of the format, and the conformance ONNX adapter substitutes weights by name."""
+    renamed = {}
+    for init in model.graph.initializer:
+        if init.name.startswith(prefix):
+            renamed[init.name] = init.name[len(prefix):]
+            init.name = renamed[init.name]
+    for node in all_nodes(model.graph):
+        node.input[:] = [renamed.get(name, name) for name in node.input]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..reference import InfiniConfig, LMConfig, init_params, lm_init_params
+from ..reference import InfiniConfig, LMConfig, model_init_params
+from ..reference.shapes import attn_prefix
 
 PRESETS: dict[str, LMConfig] = {
     "tiny": LMConfig(
@@ -41,13 +42,9 @@ def preset_config(name: str, kind: str = "lm") -> LMConfig | InfiniConfig:
 def preset_params(config: LMConfig | InfiniConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Random parameters in the reference layouts (float64); beta spread over [-2, 2] so the
     gate is exercised on both sides."""
-    if isinstance(config, LMConfig):
-        params = lm_init_params(config, seed)
-        for i in range(config.n_layers):
-            params[f"layers.{i}.attn.beta"] = _spread_beta(config.attn.n_heads, i)
-        return params
-    params = init_params(config, seed)
-    params["beta"] = _spread_beta(config.n_heads, 0)
+    params = model_init_params(config, seed)
+    for i in range(config.n_layers):
+        params[attn_prefix(config, i) + "beta"] = _spread_beta(config.attn.n_heads, i)
     return params
 
 

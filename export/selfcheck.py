@@ -22,7 +22,7 @@ import numpy as np
 
 from ..reference.tolerances import (IMPLEMENTATION_SPREAD, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare,
                                       tolerance_for)
-from ..reference import LMConfig, forward, lm_forward
+from ..reference import model_forward, run_split
 
 STATE_FIELDS = (("M", "past_memory.{i}.M"), ("z", "past_memory.{i}.z"),
                 ("k", "past_key_values.{i}.key"), ("v", "past_key_values.{i}.value"))
@@ -38,25 +38,22 @@ def self_check(path, config, rounded: dict, *, dtype: str = "float32", seed: int
     ``rounded``: the parameters as the graph holds them (exporter.rounded_params), as float64."""
     from .session import InfiniSession
 
-    is_lm = isinstance(config, LMConfig)
-    N = (config.attn if is_lm else config).segment_len
+    N = config.attn.segment_len
     rng = np.random.default_rng(seed)
     plans = [(2, [N + N // 2 + 1] + [1] * (N + 1) + [N + 2]), (1, [2, N, 1, 3])]  # (batch, split)
     lines = []
     sess = InfiniSession(path, provider=provider)
     for batch, split in plans:
         T = sum(split)
-        if is_lm:
+        if config.takes_tokens:
             inp = rng.integers(0, config.vocab_size, (batch, T))
-            expected, states = lm_forward(config, rounded, inp)
         else:
             inp = rng.standard_normal((batch, T, config.d_model)).astype(dtype)
-            expected, state = forward(config, rounded, inp.astype(np.float64))
-            states = [state]
+        expected, states = model_forward(config, rounded, inp if config.takes_tokens else inp.astype(np.float64))
         out = feed_split(sess, inp, split)
         tag = f"batch {batch}, {T} tokens in {len(split)} calls"
         baseline = _Baseline(config, rounded, dtype, inp)
-        lines.append(_check(f"{tag}: {'logits' if is_lm else 'y'}", out, expected,
+        lines.append(_check(f"{tag}: {'logits' if config.takes_tokens else 'y'}", out, expected,
                             OUTPUT_TOLERANCES, dtype, lambda: baseline.output))
         got = sess.state()
         for i, st in enumerate(states):
@@ -73,14 +70,10 @@ def feed_split(sess, x: np.ndarray, split) -> np.ndarray:
     """Start a new stream of x's batch and feed x (B, T[, D]) in calls of the sizes in ``split``;
     the outputs concatenated: (B, T, vocab_size) logits or (B, T, d_model) y."""
     sess.reset(x.shape[0])
-    outs, pos = [], 0
-    for size in split:
-        outs.append(sess.feed(x[:, pos:pos + size]))
-        pos += size
+    outs, _ = run_split(lambda chunk, _: (sess.feed(chunk), None), x, split)
     if outs:
         return np.concatenate(outs, axis=1)
-    width = sess.config.vocab_size if isinstance(sess.config, LMConfig) else sess.config.d_model
-    return np.zeros((x.shape[0], 0, width))
+    return np.zeros((x.shape[0], 0, sess.config.output_width))
 
 
 def _check(name, actual, expected, table, dtype, baseline) -> str:
@@ -110,14 +103,13 @@ class _Baseline:
         if self._out is None:
             import torch
 
-            from ..torch_impl import InfiniAttention, InfiniTransformerLM
+            from ..torch_impl import model_from_numpy, model_step
 
-            tdt = getattr(torch, self.dtype)
-            is_lm = isinstance(self.config, LMConfig)
-            model = (InfiniTransformerLM if is_lm else InfiniAttention).from_numpy(self.config, self.rounded, dtype=tdt)
+            model = model_from_numpy(self.config, self.rounded, dtype=getattr(torch, self.dtype)).eval()
+            inp = self.inp if self.config.takes_tokens else self.inp.astype(self.dtype)
             with torch.no_grad():
-                y, states = model.eval()(torch.from_numpy(self.inp if is_lm else self.inp.astype(self.dtype)))
-            self._out = (y.float().numpy(), states if is_lm else [states])
+                y, states = model_step(model, torch.from_numpy(inp))
+            self._out = (y.float().numpy(), states)
         return self._out
 
     @property

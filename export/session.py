@@ -2,15 +2,17 @@
 
 The state lives in ONNX Runtime OrtValues on the session's device and is passed from one
 call to the next with IOBinding, so it never visits the host between calls (it is copied
-out only by `state()` / `save_state`). Every call is cut into pieces that lie in one segment
-(the graph's contract, io_spec.py): a long prefill runs one ONNX call per segment, decoding
-one call per token; the result is the same for any split of the stream (SPEC.md §4.3).
-Inputs and states are checked before ONNX Runtime runs (`checks.py`).
+out only by `state()` / `save_state`). One ONNX call takes any number of tokens (the graph
+processes every segment it completes, io_spec.py); `feed` cuts a call only to first complete a
+segment left unfinished (so long calls start on a boundary) and to keep each call within
+``max_call_segments`` segments (activations stay bounded). The result is the same for any split of the stream (SPEC.md §4.3). Inputs and
+states are checked before ONNX Runtime runs (`checks.py`).
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,11 +20,12 @@ import numpy as np
 import onnxruntime as ort
 
 from ..reference import io_spec
-from ..reference.streaming import pieces
 from . import checks
 from .providers import select_provider
+from .statefile import _remove_orphans, _umask
 
 STATE_FILE_FORMAT = "infini-attention-state/1"
+MAX_CALL_SEGMENTS = 16  # the most segments one ONNX call of `feed` carries (activations grow with the call)
 
 
 class InfiniSession:
@@ -31,15 +34,24 @@ class InfiniSession:
     provider: "auto" (CUDA when it really loads, else CPU), "cuda" (error if it does not load)
     or "cpu". ``provider_used`` and ``provider_reason`` say which one runs and why.
     intra_op_threads: ORT's CPU threads (default: one per physical core); spinning: let idle ORT
-    threads busy-wait between calls (lower latency on an otherwise idle machine).
+    threads busy-wait between calls (lower latency on an otherwise idle machine). max_call_segments:
+    the most segments one ONNX call carries (longer inputs are cut at segment boundaries).
+    profile: a file prefix for ONNX Runtime's profiler (``end_profiling()`` writes the JSON).
     """
 
     def __init__(self, path, provider: str = "auto", batch: int = 1, *, intra_op_threads: int | None = None,
-                 spinning: bool = False, cuda_options: dict | None = None):
+                 spinning: bool = False, cuda_options: dict | None = None,
+                 max_call_segments: int = MAX_CALL_SEGMENTS, profile: str | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model: expected an .onnx file exported by `infini export`, got {str(path)!r}")
+        if isinstance(max_call_segments, bool) or not isinstance(max_call_segments, int) or max_call_segments < 1:
+            raise ValueError(f"max_call_segments: expected an integer >= 1, got {max_call_segments!r}")
+        self.max_call_segments = max_call_segments
+        checks.check_model_file(self.path)  # format version and opset, before ONNX Runtime parses the graph
         so = ort.SessionOptions()
+        if profile:
+            so.enable_profiling, so.profile_file_prefix = True, str(profile)
         so.log_severity_level = 3
         if intra_op_threads:
             so.intra_op_num_threads = int(intra_op_threads)
@@ -47,20 +59,22 @@ class InfiniSession:
         # between, and on a shared CPU spinning halved prefill throughput (median 30 vs 18 ms/segment).
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         choice = select_provider(provider, cuda_options)
-        self._sess = ort.InferenceSession(str(self.path), so, providers=choice.providers)
+        self._sess = checks.load_session(self.path, so, choice.providers)
         self.provider_used, self.provider_reason = choice.confirm(self._sess.get_providers())
 
-        meta = checks.model_metadata(self._sess, self.path)  # config, dtype, model_id; graph I/O checked
+        meta = checks.model_metadata(self._sess, self.path)  # config, dtypes, model_id; graph I/O checked
         self.kind, self.config = meta["kind"], meta["config"]
         self.compute_dtype, self.model_id = meta["compute_dtype"], meta["model_id"]
+        self.state_dtype = meta["state_dtype"]
         self.attn = self.config.attn if self.kind == "lm" else self.config
         self.segment_len = self.attn.segment_len
-        self.specs = io_spec.specs(self.config, self.compute_dtype)
+        self.specs = io_spec.specs(self.config, self.compute_dtype, self.state_dtype)
         self.inputs = [s for s in self.specs if s.direction == "in"]
         self.outputs = [s for s in self.specs if s.direction == "out"]
         self.state_specs = [s for s in self.inputs if s.is_state]  # past_segments, then k, v, M, z per layer
         self._key0 = self.state_specs[1].name  # past_key_values.0.key: its dim 2 is the pending length
         self._device = ("cuda", choice.device_id) if self.provider_used == "CUDAExecutionProvider" else ("cpu", 0)
+        self._output_names = [s.name for s in self.outputs]
         self.reset(batch)
 
     # ------------------------------------------------------------------------- state
@@ -106,27 +120,36 @@ class InfiniSession:
         return sum(int(np.prod(v.shape())) * _itemsize(v) for v in self._state.values())
 
     def save_state(self, path) -> Path:
-        """Write the state atomically (temp file + os.replace): an interrupted save keeps the old file."""
-        path = Path(path)
+        """Write the state atomically (a temp file beside it, then os.replace): an interrupted save keeps
+        the old file. A symlink is written through (its target is replaced, the link stays); an existing
+        file keeps its mode (a new one gets 0o666 & ~umask, as open() gives); temp files that a killed
+        earlier save left (``<name>.<pid>.*.tmp`` of a process no longer running) are removed."""
+        target = Path(os.path.realpath(path))
+        if target.is_dir():
+            raise IsADirectoryError(f"state file: expected a file path, got the directory {str(path)!r}")
+        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
+        _remove_orphans(target)
         meta = {"format": STATE_FILE_FORMAT, "model_id": self.model_id, "kind": self.kind,
                 "config": self.config.to_dict(), "position": self.position, "batch": self.batch}
         arrays = self.state()
         arrays["__meta__"] = np.array(json.dumps(meta))
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+        fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        return path
+        return Path(path)
 
     def load_state(self, path) -> None:
-        """Resume a stream saved by `save_state` (same model only: checked by model_id and config)."""
+        """Resume a stream saved by `save_state`: same model only (model_id and config), and proven
+        consistent before use (position = segments * N + pending, z >= 0, ...: checks.read_state_file)."""
         arrays, meta = checks.read_state_file(self, path)
         self.set_state(arrays, position=meta["position"])
 
@@ -148,7 +171,7 @@ class InfiniSession:
         saved = (self._state, self._pending, self._segments, self.position, self._last_logits, self._fresh)
         outs, T = [], arr.shape[1]
         try:
-            for a, b in pieces(self._pending, T, self.segment_len):  # the graph runs one piece per call
+            for a, b in self._calls(T):
                 out = self._run_piece(arr[:, a:b])
                 if outputs == "all":
                     outs.append(out)
@@ -188,23 +211,52 @@ class InfiniSession:
             self.feed(out[:, i:i + 1], outputs="none")
         return out
 
+    def end_profiling(self) -> str:
+        """Stop ONNX Runtime's profiler (``profile=`` prefix) and return the JSON file it wrote."""
+        return self._sess.end_profiling()
+
     # ---------------------------------------------------------------------- internals
 
+    def _calls(self, T: int) -> list[tuple[int, int]]:
+        """(start, stop) of the ONNX calls for T new tokens. One, except: a call that crosses a segment boundary
+        after pending tokens first completes that segment (the graph's long form would give the pending
+        positions dummy queries, up to a segment's worth of attention), and no call spans more than
+        max_call_segments segments; so every call but the last ends on a boundary."""
+        N, most = self.segment_len, self.max_call_segments * self.segment_len
+        out, start, n = [], 0, self._pending
+        while start < T:
+            stop = T if n + T - start <= most else start + most - n
+            if n and n + stop - start > N:
+                stop = start + N - n
+            out.append((start, stop))
+            n, start = (n + stop - start) % N, stop
+        return out
+
     def _run_piece(self, piece: np.ndarray) -> np.ndarray:
-        io = self._sess.io_binding()
-        io.bind_cpu_input(self.inputs[0].name, np.ascontiguousarray(piece))
-        for name, value in self._state.items():
-            io.bind_ortvalue_input(name, value)
-        io.bind_output(self.outputs[0].name, "cpu")
-        for spec in self.outputs[1:]:
-            io.bind_output(spec.name, self._device[0], self._device[1])
-        self._sess.run_with_iobinding(io)
-        values = io.get_outputs()
+        """One ONNX call: ``piece`` (B, t[, D]), any t >= 1, from the current state."""
+        piece = np.ascontiguousarray(piece)
+        raw = getattr(self._sess, "_sess", None)  # the C session under ORT's Python wrapper
+        if self._device[0] == "cpu" and raw is not None:
+            # On CPU the state is host memory anyway: OrtValues in, OrtValues out, no IOBinding, whose binding
+            # of 17+ values costs ~0.1 ms of a ~0.5 ms decoding call.
+            feeds = {name: value._ortvalue for name, value in self._state.items()}
+            feeds[self.inputs[0].name] = ort.OrtValue.ortvalue_from_numpy(piece)._ortvalue
+            values = [ort.OrtValue(v) for v in raw.run_with_ort_values(feeds, self._output_names, None)]
+        else:  # CUDA: outputs bound to the device, so the state never visits the host between calls
+            io = self._sess.io_binding()
+            io.bind_cpu_input(self.inputs[0].name, piece)
+            for name, value in self._state.items():
+                io.bind_ortvalue_input(name, value)
+            io.bind_output(self.outputs[0].name, "cpu")
+            for spec in self.outputs[1:]:
+                io.bind_output(spec.name, self._device[0], self._device[1])
+            self._sess.run_with_iobinding(io)
+            values = io.get_outputs()
         # outputs 1.. are present_* in the order of the past_* inputs (io_spec.py)
         self._state = {s.name: v for s, v in zip(self.state_specs, values[1:])}
         self._fresh = False
-        self._pending = (self._pending + piece.shape[1]) % self.segment_len
-        self._segments += (self._pending == 0)
+        L = self._pending + piece.shape[1]
+        self._pending, self._segments = L % self.segment_len, self._segments + L // self.segment_len
         self.position += piece.shape[1]
         return np.array(values[0].numpy(), copy=True)  # owned by the caller, not aliasing ORT's buffer
 

@@ -6,11 +6,14 @@ one float per chunk of timings.
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..reference.errors import UsageError
 
 BLOCK = 65536  # generated inputs are drawn per block of this many tokens: any range is reproducible
 
@@ -83,16 +86,85 @@ def load_token_file(path, raw_dtype: str = "uint16") -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokens: expected a file of token ids, got {str(path)!r}")
-    if path.suffix == ".npy":
-        arr = np.load(path, mmap_mode="r")
-    elif path.suffix == ".txt":
-        arr = np.loadtxt(path, dtype=np.int64, ndmin=1)
-    else:
-        arr = np.memmap(path, dtype=np.dtype(raw_dtype), mode="r")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, mmap_mode="r")
+        elif path.suffix == ".txt":
+            arr = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        else:
+            arr = np.memmap(path, dtype=raw_token_dtype(raw_dtype), mode="r")
+    except (ValueError, EOFError, OSError) as exc:
+        raise ValueError(f"tokens {str(path)!r}: expected token ids as .npy, .txt or raw {raw_dtype}, cannot read "
+                         f"the file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"tokens {str(path)!r}: expected integer ids of shape (T,) or (B, T), got {arr.dtype} "
                          f"{arr.shape}")
     return arr
+
+
+def raw_token_dtype(name: str) -> np.dtype:
+    """The element type of a raw tokens file: an integer NumPy dtype (``--raw-dtype``)."""
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or not np.issubdtype(dtype, np.integer):
+        raise UsageError(f"--raw-dtype: expected an integer NumPy dtype such as uint16, int32 or int64, got {name!r}")
+    return dtype
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still hand out (MemAvailable), or None where that cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def bytes_per_row(session, chunk: int | None = None) -> int:
+    """A rough upper estimate of the host memory one batch row of a stream takes: the state at its
+    largest (N - 1 tokens pending; host copy, ORT's input and output), a block of generated input,
+    one call's outputs and one layer's attention scores."""
+    from .checks import concrete
+
+    N, a = session.segment_len, session.attn
+    state = sum(int(np.prod(concrete(s.dims, 1, N - 1))) * np.dtype(s.dtype).itemsize for s in session.state_specs)
+    width = session.config.vocab_size if session.kind == "lm" else a.d_model
+    inputs = BLOCK * (8 if session.kind == "lm" else 4 * a.d_model)
+    call = min(chunk or N, N)
+    return 3 * state + inputs + 2 * call * width * 4 + a.n_heads * call * N * 4
+
+
+def open_session(path, provider: str = "auto", batch: int = 1, chunk: int | None = None):
+    """An InfiniSession over ``path`` for ``batch`` rows. A file ONNX Runtime cannot load, a provider that
+    does not load, or a batch whose stream would not fit in memory is a UsageError naming it."""
+    from .session import InfiniSession
+
+    try:
+        sess = InfiniSession(path, provider=provider, batch=1)
+    except RuntimeError as exc:  # providers.py: "provider 'cuda': ..."
+        raise UsageError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own errors (InvalidProtobuf, Fail, ...)
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise UsageError(f"model {str(path)!r}: expected an ONNX file written by `infini export`, ONNX Runtime "
+                         f"cannot load it ({type(exc).__name__}: {first})") from None
+    per_row, free = bytes_per_row(sess, chunk), available_memory()
+    if free is not None and batch * per_row > free:
+        raise UsageError(f"--batch: expected a batch whose stream fits in memory (about {per_row / 2**20:.2f} MiB "
+                         f"per row, {free / 2**20:,.0f} MiB available: at most {free // per_row:,} rows), got {batch:,}")
+    try:
+        if batch != 1:
+            sess.reset(batch)
+    except MemoryError:
+        raise UsageError(f"--batch: expected a batch whose state fits in memory, got {batch:,} (MemoryError "
+                         "allocating it)") from None
+    return sess
 
 
 @dataclass
@@ -110,17 +182,19 @@ class StreamReport:
 
 
 def run_stream(session, source: Source, *, chunk: int | None = None, checkpoint_every: int = BLOCK,
-               save_state=None, on_checkpoint=None, progress: bool = True) -> StreamReport:
+               save_state=None, on_checkpoint=None, progress: bool = True,
+               report: StreamReport | None = None) -> StreamReport:
     """Feed ``source`` from ``session.position`` to its end in calls of ``chunk`` tokens (default N).
 
     Every ``checkpoint_every`` tokens: record memory, save the state atomically to ``save_state``
     (if given) and call ``on_checkpoint(session, position)``. An exception (or Ctrl-C) leaves the
-    last saved file as it was.
+    last saved file as it was; pass ``report`` to read how far it got (``report.saved``) afterwards.
     """
-    chunk = chunk or session.segment_len
-    if chunk < 1:
-        raise ValueError(f"chunk: expected tokens per call >= 1, got {chunk}")
-    report = StreamReport()
+    chunk = session.segment_len if chunk is None else chunk
+    for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected an integer number of tokens >= 1, got {value!r}")
+    report = StreamReport() if report is None else report
     bar = _bar(progress, source.length, session.position)
     t_start, next_cp = time.perf_counter(), (session.position // checkpoint_every + 1) * checkpoint_every
     try:
@@ -138,7 +212,7 @@ def run_stream(session, source: Source, *, chunk: int | None = None, checkpoint_
                                            "peak_rss": peak_rss_bytes(),
                                            "seconds": time.perf_counter() - t_start})
                 if save_state is not None:
-                    session.save_state(save_state)
+                    _save(session, save_state)
                     report.saved = session.position
                 if on_checkpoint is not None:
                     on_checkpoint(session, session.position)
@@ -154,12 +228,58 @@ def run_stream(session, source: Source, *, chunk: int | None = None, checkpoint_
     return report
 
 
+def _save(session, path) -> None:
+    """session.save_state; a system error without a file name (ENOSPC while writing) gets the file's."""
+    try:
+        session.save_state(path)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+
+
 def _bar(progress: bool, total: int, initial: int):
     if not progress:
         return None
+    if not sys.stderr.isatty():  # a log file: periodic plain lines, not carriage-return updates
+        return PlainProgress(total, initial)
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, smoothing=0.1)
+
+
+class PlainProgress:
+    """tqdm's ``update``/``set_postfix``/``close`` as one plain line per ``step`` of the run (10%) or per
+    ``seconds`` (60 s), whichever comes first, and one at the end."""
+
+    def __init__(self, total: int, initial: int = 0, step: float = 0.1, seconds: float = 60.0, file=None):
+        self.total, self.initial, self.n = total, initial, initial
+        self.every = max(1, round((total - initial) * step))
+        self.seconds, self.file = seconds, file or sys.stderr
+        self.start = self.last = time.perf_counter()
+        self.next, self.postfix, self.shown = initial + self.every, "", initial
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if self.n >= self.next or time.perf_counter() - self.last >= self.seconds:
+            self._line()
+
+    def set_postfix(self, **items) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items() if k != "tok_s")  # the line has the rate
+
+    def close(self) -> None:
+        if self.n != self.shown:
+            self._line()
+
+    def _line(self) -> None:
+        now = time.perf_counter()
+        rate = (self.n - self.initial) / (now - self.start) if now > self.start else 0.0
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        print(f"{self.n:,}/{self.total:,} tok{pct}, {rate:,.0f} tok/s" + (f", {self.postfix}" if self.postfix else ""),
+              file=self.file, flush=True)
+        self.last, self.shown = now, self.n
+        while self.next <= self.n:
+            self.next += self.every
 
 
 def segment_time_profile(report: StreamReport, tokens_per_chunk: int, window_tokens: int = BLOCK) -> list[float]:

@@ -28,8 +28,8 @@ class InfiniConfig:
     """Every option of SPEC.md §2; defaults are the paper's choices.
 
     The layer and the LM share one small protocol: ``kind`` ("layer" / "lm"), ``attn`` (the
-    attention config; the layer's own) and ``n_layers`` (1 for a layer), so code that serves both
-    reads these instead of testing the type.
+    attention config; the layer's own), ``n_layers`` (1 for a layer), ``takes_tokens`` and
+    ``output_width``, so code that serves both reads these instead of testing the type.
     """
 
     kind: ClassVar[str] = "layer"
@@ -76,6 +76,16 @@ class InfiniConfig:
         return 1
 
     @property
+    def takes_tokens(self) -> bool:
+        """The model's input: x (B, T, d_model) for a layer, token ids (B, T) for the LM."""
+        return False
+
+    @property
+    def output_width(self) -> int:
+        """The last dim of the model's output: d_model (y) for a layer, vocab_size (logits) for the LM."""
+        return self.d_model
+
+    @property
     def group_size(self) -> int:
         """Query heads per key/value head (SPEC.md §3)."""
         return self.n_heads // self.n_kv_heads
@@ -120,6 +130,12 @@ class LMConfig:
     @property
     def d_model(self) -> int:
         return self.attn.d_model
+
+    takes_tokens: ClassVar[bool] = True
+
+    @property
+    def output_width(self) -> int:
+        return self.vocab_size
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

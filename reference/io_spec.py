@@ -1,10 +1,9 @@
 """Every input and output of the exported graphs, declared once (SPEC.md §14.1).
 
-One ONNX call runs one *piece*: the tokens of the call must lie in one segment,
-``past_len + chunk <= segment_len`` (N). `InfiniSession` cuts any call into such pieces;
-a caller driving ONNX Runtime directly must do the same. Names follow the KV-cache export
-convention (``past_key_values.{i}.key`` in, ``present.{i}.key`` out) with the compressive
-memory alongside (``past_memory.{i}.M`` in, ``present_memory.{i}.M`` out). ``{i}`` is the
+One ONNX call takes any number of tokens (``chunk`` >= 1): the graph processes every segment the call
+completes and leaves the rest pending, exactly as a call of the reference does (SPEC.md §4.3). Names
+follow the KV-cache export convention (``past_key_values.{i}.key`` in, ``present.{i}.key`` out) with the
+compressive memory alongside (``past_memory.{i}.M`` in, ``present_memory.{i}.M`` out). ``{i}`` is the
 layer, 0 .. n_layers-1 (a single-layer export has i = 0 only). Graph order: the first row,
 ``past_segments``, then for each layer key, value, M, z (inputs; outputs likewise).
 
@@ -15,17 +14,18 @@ layer, 0 .. n_layers-1 (a single-layer export has i = 0 only). Graph order: the 
 | `past_segments`             | in  | ()                                       | int64   | segments completed so far (all layers) |
 | `past_key_values.{i}.key`   | in  | (batch, n_kv_heads, past_len, d_key)     | float32 | keys (before RoPE) of the unfinished segment, past_len = n < N |
 | `past_key_values.{i}.value` | in  | (batch, n_kv_heads, past_len, d_value)   | float32 | values of the unfinished segment |
-| `past_memory.{i}.M`         | in  | (batch, n_kv_heads, d_key, d_value)      | float32 | compressive memory M of the completed segments |
-| `past_memory.{i}.z`         | in  | (batch, n_kv_heads, d_key)               | float32 | its normaliser z (sum of sigma(k)) |
+| `past_memory.{i}.M`         | in  | (batch, n_kv_heads, d_key, d_value)      | state   | compressive memory M of the completed segments |
+| `past_memory.{i}.z`         | in  | (batch, n_kv_heads, d_key)               | state   | its normaliser z (sum of sigma(k)) |
 | `logits`                    | out | (batch, chunk, vocab_size)               | float32 | LM: next-token logits |
 | `y`                         | out | (batch, chunk, d_model)                  | compute | layer: the layer's output |
-| `present_segments`          | out | ()                                       | int64   | past_segments + 1 if the piece completed its segment |
+| `present_segments`          | out | ()                                       | int64   | past_segments + the segments the call completed |
 | `present.{i}.key`           | out | (batch, n_kv_heads, present_len, d_key)  | float32 | present_len = (past_len + chunk) mod N |
 | `present.{i}.value`         | out | (batch, n_kv_heads, present_len, d_value)| float32 | |
-| `present_memory.{i}.M`      | out | (batch, n_kv_heads, d_key, d_value)      | float32 | M, with the segment written if it completed |
-| `present_memory.{i}.z`      | out | (batch, n_kv_heads, d_key)               | float32 | z, likewise |
+| `present_memory.{i}.M`      | out | (batch, n_kv_heads, d_key, d_value)      | state   | M, with every completed segment written |
+| `present_memory.{i}.z`      | out | (batch, n_kv_heads, d_key)               | state   | z, likewise |
 
-"compute" is the export dtype: float32 (default) or float16; the state is float32 either way.
+"compute" is the export dtype: float32 (default) or float16; "state" the dtype of M and z: float32
+(default) or float64 (SPEC.md §11); pending keys/values are float32 either way.
 batch, chunk, past_len and present_len are symbolic (dynamic) dims; the others are fixed by
 the model's config, which the file carries in its metadata (`METADATA_KEYS`).
 """
@@ -46,15 +46,15 @@ _TABLE = (
     ("past_segments", "in", (), "int64", "both"),
     ("past_key_values.{i}.key", "in", ("batch", "n_kv_heads", "past_len", "d_key"), "float32", "both"),
     ("past_key_values.{i}.value", "in", ("batch", "n_kv_heads", "past_len", "d_value"), "float32", "both"),
-    ("past_memory.{i}.M", "in", ("batch", "n_kv_heads", "d_key", "d_value"), "float32", "both"),
-    ("past_memory.{i}.z", "in", ("batch", "n_kv_heads", "d_key"), "float32", "both"),
+    ("past_memory.{i}.M", "in", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
+    ("past_memory.{i}.z", "in", ("batch", "n_kv_heads", "d_key"), "state", "both"),
     ("logits", "out", ("batch", "chunk", "vocab_size"), "float32", "lm"),
     ("y", "out", ("batch", "chunk", "d_model"), "compute", "layer"),
     ("present_segments", "out", (), "int64", "both"),
     ("present.{i}.key", "out", ("batch", "n_kv_heads", "present_len", "d_key"), "float32", "both"),
     ("present.{i}.value", "out", ("batch", "n_kv_heads", "present_len", "d_value"), "float32", "both"),
-    ("present_memory.{i}.M", "out", ("batch", "n_kv_heads", "d_key", "d_value"), "float32", "both"),
-    ("present_memory.{i}.z", "out", ("batch", "n_kv_heads", "d_key"), "float32", "both"),
+    ("present_memory.{i}.M", "out", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
+    ("present_memory.{i}.z", "out", ("batch", "n_kv_heads", "d_key"), "state", "both"),
 )
 
 # ONNX metadata_props written by the exporter and checked by the runtime.
@@ -63,14 +63,20 @@ METADATA_KEYS = {
     "kind": "infini_attention.kind",  # "lm" or "layer"
     "config": "infini_attention.config",  # JSON of LMConfig.to_dict() / InfiniConfig.to_dict()
     "compute_dtype": "infini_attention.compute_dtype",  # "float32" or "float16"
-    "state_dtype": "infini_attention.state_dtype",  # "float32"
+    "state_dtype": "infini_attention.state_dtype",  # "float32" or "float64": M and z
     "model_id": "infini_attention.model_id",  # sha256 of config + exported weights (16 hex)
     "spec_version": "infini_attention.spec_version",  # reference.SPEC_VERSION
-    "contract": "infini_attention.contract",  # the one-piece-per-call rule, in words
+    "contract": "infini_attention.contract",  # what one call may carry, in words
+    "exporter": "infini_attention.exporter",  # "dynamo" or "torchscript": which tracer wrote the graph
     "aliases": "infini_attention.aliases",  # JSON {parameter: initializer} for weights merged on export
 }
-FORMAT = "infini-attention-onnx/1"
-CONTRACT = "each call: past_len + chunk <= segment_len (tokens of one segment); cut longer calls into pieces"
+FORMAT = "infini-attention-onnx/2"
+CONTRACT = "each call: any chunk >= 1 tokens; every segment it completes is written, the rest stays pending"
+# Formats a runtime can recognise but this version does not run, with what to do about them.
+OLD_FORMATS = {"infini-attention-onnx/1": "one segment piece per call (past_len + chunk <= segment_len); "
+                                          "re-export it with this version (`infini export`)"}
+COMPUTE_DTYPES = ("float32", "float16")
+STATE_DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,13 @@ def kind_of(config) -> str:
     return config.kind
 
 
-def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32") -> list[TensorSpec]:
+def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32", state_dtype: str = "float32"
+          ) -> list[TensorSpec]:
     """The concrete inputs then outputs of the graph exported for ``config``, in graph order."""
+    for name, value, allowed in (("compute_dtype", compute_dtype, COMPUTE_DTYPES),
+                                 ("state_dtype", state_dtype, STATE_DTYPES)):
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
     kind, attn, n_layers = kind_of(config), config.attn, config.n_layers
     sizes = {"d_model": attn.d_model, "n_kv_heads": attn.n_kv_heads, "d_key": attn.d_key,
              "d_value": attn.d_value, "vocab_size": getattr(config, "vocab_size", None)}
@@ -105,13 +116,13 @@ def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32") -> li
         for layer, group in [(None, plain)] + [(i, per_layer) for i in range(n_layers)]:
             for name, _, dims, dtype, _ in group:  # graph order: plain rows, then layer 0's, layer 1's, ...
                 dims = tuple(d if d in SYMBOLIC_DIMS else sizes[d] for d in dims)
-                dtype = compute_dtype if dtype == "compute" else dtype
+                dtype = {"compute": compute_dtype, "state": state_dtype}.get(dtype, dtype)
                 out.append(TensorSpec(name.format(i=layer), direction, dims, dtype, layer))
     return out
 
 
-def inputs(config, compute_dtype="float32") -> list[TensorSpec]:
-    return [s for s in specs(config, compute_dtype) if s.direction == "in"]
+def inputs(config, compute_dtype="float32", state_dtype="float32") -> list[TensorSpec]:
+    return [s for s in specs(config, compute_dtype, state_dtype) if s.direction == "in"]
 
 
 def dynamic_axes(config, compute_dtype="float32") -> dict[str, dict[int, str]]:
@@ -124,9 +135,9 @@ def config_from_json(text: str) -> LMConfig | InfiniConfig:
     return config_from_dict(json.loads(text))
 
 
-def markdown_table(config, compute_dtype="float32") -> str:
+def markdown_table(config, compute_dtype="float32", state_dtype="float32") -> str:
     """The table above with every size resolved for ``config`` (for reports and the CLI)."""
     rows = ["| name | dir | shape | dtype |", "|---|---|---|---|"]
-    for s in specs(config, compute_dtype):
+    for s in specs(config, compute_dtype, state_dtype):
         rows.append(f"| `{s.name}` | {s.direction} | ({', '.join(map(str, s.dims))}) | {s.dtype} |")
     return "\n".join(rows)

@@ -49,3 +49,16 @@ def lm_forward(config: LMConfig, params: dict, tokens, states: list[InfiniState]
                           p[f"layers.{i}.mlp.w_gate"], p[f"layers.{i}.mlp.w_up"], p[f"layers.{i}.mlp.w_down"])
         new_states.append(st)
     return eq.rms_norm(x, p["final_norm"], config.norm_eps) @ p["lm_head"], new_states
+
+
+def model_forward(config, params: dict, inputs, states: list | None = None):
+    """The protocol shared by the layer and the LM: (outputs, list of per-layer states), for either kind."""
+    if config.kind == "lm":
+        return lm_forward(config, params, inputs, states)
+    y, state = forward(config, params, inputs, None if states is None else states[0])
+    return y, [state]
+
+
+def model_init_params(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random parameters of a layer (``init_params``) or of the LM (``lm_init_params``)."""
+    return lm_init_params(config, seed) if config.kind == "lm" else init_params(config, seed)

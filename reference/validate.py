@@ -15,7 +15,7 @@ def as_float64(name: str, value, shape: tuple | None = None) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"{name}: expected a floating-point array, got dtype {arr.dtype}")
     if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(arr.shape)}")
+        raise ValueError(f"{name}: expected a float array of shape {tuple(shape)}, got {arr.dtype} {tuple(arr.shape)}")
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))

@@ -1,5 +1,5 @@
-"""`infini`: exit codes (0 conforms, 1 does not, 2 usage), reports (table, JSON, JUnit), the export hook,
-and the pytest plugin (`pytest --pyargs infini_attention.conformance --infini-impl=...`)."""
+"""`infini`: exit codes (0 conforms, 1 does not, 2 usage, 3 nothing checked), reports (table, JSON, JUnit),
+the provider entry points, and the pytest plugin (`pytest --pyargs infini_attention.conformance --infini-impl=...`)."""
 import json
 import subprocess
 import sys
@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from infini_attention.conformance import cli
-from infini_attention.conformance.cli import main
+from infini_attention.reference.cli import main
 
 REF = "infini_attention.conformance.adapters.reference:make"
 GATE_SWAPPED = "infini_attention.conformance.mutants:gate_swapped"
@@ -103,5 +103,68 @@ def test_pytest_plugin_runs_the_properties(tmp_path):
     assert proc.returncode == 0 and "15 skipped" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_cli_module_is_the_console_script():
+def test_console_script_and_providers_are_declared():
+    from importlib import metadata
+
+    scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
+    assert scripts["infini"] == "infini_attention.reference.cli:main"
+    providers = {ep.name: ep.value for ep in metadata.entry_points(group="infini_attention.commands")}
+    assert providers == {"conformance": "infini_attention.conformance.cli:register",
+                         "export": "infini_attention.export.cli:register"}
     assert cli.main is main and cli.TORCH_IMPL.endswith("torch_impl:make")
+    from infini_attention.conformance.contract import UsageError
+    from infini_attention.reference.errors import UsageError as ReferenceUsageError
+
+    assert UsageError is ReferenceUsageError  # moved to reference, importable from contract as before
+
+
+def test_nothing_checked_is_not_a_pass(capsys):
+    """Every property "not supported" (here: gradients of an implementation without "grad") is no verdict
+    of conformance: "NOTHING CHECKED", exit 3 (distinct from 0 conforms, 1 fails, 2 usage)."""
+    code = main(["conformance", "--impl", REF, "--dtype", "float64", "--only", "gradients", "-q"])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert "NOTHING CHECKED under profile gate_on=memory,first_segment=gated at float64: 0 passed, 0 failed, " \
+           "1 not supported" in out and "CONFORMS" not in out
+
+
+def test_exit_code_table():
+    from infini_attention.conformance.runner import ERROR, FAIL, PASS, UNSUPPORTED, Result, exit_code
+
+    def r(*verdicts):
+        return [Result(f"p{i}", "§1", v) for i, v in enumerate(verdicts)]
+    assert exit_code(r(PASS, UNSUPPORTED)) == 0
+    assert exit_code(r(UNSUPPORTED, UNSUPPORTED)) == 3
+    assert exit_code(r(UNSUPPORTED, FAIL)) == 1 and exit_code(r(PASS, ERROR)) == 1
+
+
+def test_conformance_help_documents_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        main(["conformance", "--help"])
+    assert "3 nothing checked" in " ".join(capsys.readouterr().out.split())
+
+
+def test_inconclusive_has_its_own_verdict_and_exit_status(monkeypatch, capsys):
+    """A property that ran fewer than --min-examples examples is no pass: with something passed and nothing
+    failed the verdict is INCONCLUSIVE, exit 4 (3 stays "nothing checked", when nothing passed at all)."""
+    from infini_attention.conformance import runner
+    from infini_attention.conformance.runner import INCONCLUSIVE, PASS, Result
+
+    fake = [Result("outputs", "§4", PASS, examples=50), Result("first_segment", "§8.2", INCONCLUSIVE, examples=4,
+                                                               message="only 4 examples ran (at least 10 needed)")]
+    monkeypatch.setattr(runner, "run_suite", lambda *a, **k: fake)
+    assert main(["conformance", "--impl", REF, "--isolate", "none", "-q"]) == 4
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE under profile" in out and "1 inconclusive" in out and "at least 10 needed" in out
+    monkeypatch.setattr(runner, "run_suite", lambda *a, **k: fake[1:])
+    assert main(["conformance", "--impl", REF, "--isolate", "none", "-q"]) == 3
+    assert "NOTHING CHECKED" in capsys.readouterr().out
+
+
+def test_help_documents_inconclusive_and_the_new_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["conformance", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "4 inconclusive" in text and "--min-examples" in text and "--call-timeout" in text and "--isolate" in text
+    assert main(["conformance", "--impl", REF, "--min-examples", "0"]) == 2
+    assert "--min-examples: expected an integer >= 1, got 0" in capsys.readouterr().err

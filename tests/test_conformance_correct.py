@@ -71,3 +71,22 @@ def test_low_precision_inputs_are_the_rounded_values():
     a = np.array([1 + 2**-9, 1 + 2**-7, 3.14159])
     assert round_to(a, "bfloat16").tolist() == [1.0, 1 + 2**-7, 3.140625]
     assert handed_over(a, "bfloat16").dtype == np.float32 and handed_over(a, "float16").dtype == np.float16
+
+
+COT = "infini_attention.conformance.adapters.cot_optimized_qkv:make"
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("INFINI_COT_QKV_DIR"),
+                    reason="cot-optimized-qkv shadows this package: pip install --no-deps --target DIR "
+                           "cot-optimized-qkv and set INFINI_COT_QKV_DIR=DIR")
+def test_cot_optimized_qkv_verdict_and_diagnosis():
+    from infini_attention.conformance.diagnosis import diagnose
+
+    impl = load_impl(COT)
+    assert impl.pins["d_model"] == "heads" and "chunked" not in impl.capabilities
+    s = Settings(dtype="float32", max_examples=10)
+    results = run_suite(impl, s, only=["outputs", "update_rule", "causality", "head_layout", "gradients"])
+    v = {r.name: r.verdict for r in results}
+    assert v["outputs"] == v["update_rule"] == FAIL and v["causality"] == v["head_layout"] == PASS
+    causes = [c.id for c in diagnose(impl, s, results).likely()]
+    assert causes[:1] == ["rope_on_memory"] and "write_partial" in causes

@@ -50,9 +50,10 @@ def test_contract_violations_fail_with_a_clear_message(name):
 
 
 def test_failure_reports_the_smallest_case_and_a_repro_that_reproduces(capsys):
-    r = run_property(PROPERTIES["gate_limits"], load_impl("infini_attention.conformance.mutants:gate_swapped"),
+    r = run_property(PROPERTIES["first_segment"], load_impl("infini_attention.conformance.mutants:"
+                                                            "local_only_undeclared"),
                      Settings(dtype="float32", max_examples=20))
-    assert r.verdict == FAIL and "MISMATCH" in r.message and "--profile gate_on=local" in r.message
+    assert r.verdict == FAIL and "MISMATCH" in r.message and "--profile first_segment=local_only" in r.message
     ex = r.example
     assert ex["config"]["d_model"] == 1 and ex["T"] <= ex["config"]["segment_len"]  # shrunk
     assert "params_from_seed(config," in r.repro and "Session(" in r.repro

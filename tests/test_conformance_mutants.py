@@ -18,6 +18,10 @@ ISSUE_LIST = {
     "memory written on partial segments": "write_partial", "head reshaping with wrong interleave": "head_interleave",
     "state not carried between calls": "state_not_carried", "off-by-one causal mask": "causal_off_by_one",
     "bf16 state": "bf16_state",
+    # issue 12's further deviation classes
+    "normaliser not starting at 0": "z_init_nonzero", "one gate for all heads": "shared_gate",
+    "state kept in the instance": "memory_in_instance", "RoPE positions from the stream start": "rope_stream_positions",
+    "heads reshaped without transpose": "head_no_transpose",
 }
 
 
@@ -32,6 +36,23 @@ def test_mutant_rejected_by_its_property(mutant):
     assert not row.errors, f"suite errors: {row.errors}"
     assert row.caught_by == [MUTANTS[mutant][1]], (
         f"{mutant} ({MUTANTS[mutant][0]}) expected to be rejected by {MUTANTS[mutant][1]}, got {row.caught_by}")
+    failed = next(r for r in row.results if r.verdict == FAIL)
+    with pytest.raises(AssertionError):  # its printed reproduction fails on its own too
+        exec(compile(failed.repro, f"<repro of {mutant}>", "exec"), {})  # noqa: S102
+
+
+def test_combined_mutants_compose_and_masking_pairs_are_refused():
+    from infini_attention.conformance.contract import load_impl
+    from infini_attention.conformance.mutants import MASKING, equations, mutant_factory
+
+    impl = load_impl("infini_attention.conformance.mutants:gate_swapped+no_eps+state_not_carried")
+    assert impl.factory.bugs == ("gate_swapped", "no_eps", "state_not_carried")
+    eq = equations(("rope_stream_positions", "rope_call_positions"))
+    q, k = eq.rope_positions(2, 3, 5, 4, None)  # both apply: from the call start and the stream start
+    assert q.tolist() == [20, 21, 22] and k.tolist() == [20, 21, 22, 23, 24]
+    for pair in MASKING:
+        with pytest.raises(AttributeError, match="cannot be combined"):
+            mutant_factory("+".join(sorted(pair)))
 
 
 def test_rope_stream_positions_is_invisible_in_exact_arithmetic():

@@ -108,7 +108,7 @@ def test_interrupted_save_keeps_last_state(models, tmp_path, monkeypatch):
 
 
 def test_failed_feed_leaves_state_unchanged(models, monkeypatch):
-    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    sess = InfiniSession(models / "lm.onnx", provider="cpu", max_call_segments=1)  # a call per segment below
     sess.feed(np.arange(5))
     before, pos = sess.state(), sess.position
     calls = {"n": 0}
@@ -147,8 +147,8 @@ def test_bug_shared_with_torch_impl_is_not_rescued(tmp_path, monkeypatch):
     """ONNX Runtime and torch_impl equally far from the reference (what a bug in the primitives the
     graph shares with torch_impl looks like): the baseline is no excuse, the export fails."""
     config = preset_config("tiny", "layer")
-    real = selfcheck_mod.forward
-    monkeypatch.setattr(selfcheck_mod, "forward", lambda c, p, x: (real(c, p, x)[0] * 1.001, real(c, p, x)[1]))
+    real = selfcheck_mod.model_forward
+    monkeypatch.setattr(selfcheck_mod, "model_forward", lambda c, p, x: (real(c, p, x)[0] * 1.001, real(c, p, x)[1]))
     with pytest.raises(ExportError, match=r"y: MISMATCH .*the float32 PyTorch implementation on the same inputs: "
                                           r"\d+(\.\d+)?x tolerance"):
         export(config, preset_params(config), tmp_path / "bad.onnx")
@@ -207,3 +207,80 @@ def test_not_an_infini_model(tmp_path):
         InfiniSession(tmp_path / "id.onnx", provider="cpu")
     with pytest.raises(ValueError, match=r"provider: expected 'auto', 'cuda' or 'cpu', got 'tpu'"):
         InfiniSession(tmp_path / "id.onnx", provider="tpu")
+
+
+def _rewritten(src, dst, *, meta=None, opset=None):
+    import onnx
+
+    model = onnx.load(str(src))
+    for p in model.metadata_props:
+        if meta and p.key in meta:
+            p.value = meta[p.key]
+    if opset is not None:
+        for o in model.opset_import:
+            if o.domain == "":
+                o.version = opset
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_model_of_an_older_format_says_reexport(models, tmp_path):
+    from infini_attention.export import METADATA_KEYS
+
+    old = _rewritten(models / "lm.onnx", tmp_path / "old.onnx",
+                     meta={METADATA_KEYS["format"]: "infini-attention-onnx/1"})
+    with pytest.raises(ValueError, match=r"expected format 'infini-attention-onnx/2', got 'infini-attention-onnx/1' "
+                                         r"\(an older export: one segment piece per call .*re-export it"):
+        InfiniSession(old, provider="cpu")
+
+
+def test_opset_the_runtime_lacks(models, tmp_path):
+    from infini_attention.export.checks import runtime_opset
+
+    newer = _rewritten(models / "lm.onnx", tmp_path / "newer.onnx", opset=runtime_opset() + 1)
+    with pytest.raises(ValueError, match=rf"opset: expected at most {runtime_opset()} \(the newest this onnxruntime "
+                                         rf".* runs\), got {runtime_opset() + 1}; re-export with --opset 17"):
+        InfiniSession(newer, provider="cpu")
+
+
+def test_state_from_another_file_is_refused(models):
+    """A state of the other-config model (d_key 4) given to this one: refused before ORT runs, naming the array."""
+    other = InfiniSession(models / "lm_other_config.onnx", provider="cpu")
+    other.feed(np.arange(3))
+    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    with pytest.raises(ValueError, match=r"state 'past_key_values.0.key': expected float32 \(1, 2, 3, 8\) for this "
+                                         r"model .*got float32 \(1, 2, 3, 4\)"):
+        sess.set_state(other.state())
+    assert sess.position == 0
+
+
+def test_exporter_failure_names_the_exporter(tmp_path, monkeypatch):
+    from infini_attention.export import exporter as exporter_mod
+
+    config = preset_config("tiny", "layer")
+
+    def broken(*a, **k):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(exporter_mod, "trace", broken)
+    monkeypatch.setattr(exporter_mod, "_TRACED", {})
+    for name, hint in (("dynamo", "try --exporter torchscript --opset 17"), ("torchscript", "try --exporter dynamo")):
+        with pytest.raises(ExportError, match=rf"exporter '{name}' \(opset 17\) could not export the layer's inside "
+                                              rf"form: RuntimeError: cannot trace this; {hint}"):
+            export(config, preset_params(config), tmp_path / "x.onnx", exporter=name, opset=17)
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_option_errors(tmp_path, capsys):
+    from infini_attention.reference.cli import main
+
+    config = preset_config("tiny", "layer")
+    with pytest.raises(ValueError, match=r"opset: expected at most 20 with exporter 'torchscript' .*got 23"):
+        export(config, preset_params(config), tmp_path / "x.onnx", exporter="torchscript", opset=23)
+    with pytest.raises(ValueError, match=r"opset: expected an integer in \[17, \d+\] .*got 11"):
+        export(config, preset_params(config), tmp_path / "x.onnx", opset=11)
+    with pytest.raises(ValueError, match=r"exporter: expected one of \['dynamo', 'torchscript'\], got 'jit'"):
+        export(config, preset_params(config), tmp_path / "x.onnx", exporter="jit")
+    assert main(["export", "--exporter", "torchscript", "--opset", "23", "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "--opset: expected at most 20 with exporter 'torchscript'" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -1,9 +1,12 @@
-"""Seconds-long smoke test of examples/passkey (issue 5): the generator, a tiny training run
-(the loss goes down), checkpoint -> ONNX export -> ONNX Runtime streaming evaluation -> demo ->
-plots, end to end; and the committed weights still retrieve the passkey (PyTorch, short prompt).
+"""Seconds-long smoke test of the passkey task (issue 5): the generator, a tiny training run
+(the loss goes down), checkpoint -> ONNX export -> ONNX Runtime streaming evaluation -> demo (with
+its independent PyTorch verification) -> plots, end to end; and the committed weights, shipped as
+package data, still retrieve the passkey (PyTorch, short prompt).
 
-The real training (minutes) and evaluation (up to 1M tokens) are examples, not CI: see
-examples/passkey/README.md.
+The task, the checkpoints and the demo are `infini_attention.export.passkey`; training, evaluation
+and plots are the example (examples/passkey/). The real training (minutes) and evaluation (up to
+1M tokens) are not CI: see examples/passkey/README.md. CI also runs `infini demo --quick` from an
+installed wheel (.ci/run).
 """
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `examples.passkey`
 
 torch = pytest.importorskip("torch")
-from examples.passkey import data  # noqa: E402
-from examples.passkey.model import (checkpoint_path, gate_values, load_checkpoint, memory_off,  # noqa: E402
-                                    save_checkpoint, state_bytes)
+from infini_attention.export.passkey import data  # noqa: E402
+from infini_attention.export.passkey.model import (checkpoint_path, gate_values, load_checkpoint,  # noqa: E402
+                                                   memory_off, save_checkpoint, state_bytes)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------ generator
@@ -114,12 +119,22 @@ def test_checkpoint_roundtrip_and_control(tiny_run, tmp_path):
     assert state_bytes(config) == 2 * 2 * 16 * 17 * 4
 
 
-def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_run):
+    """The tiny model exported once (an export takes seconds): (config, params, .onnx path)."""
     pytest.importorskip("onnxruntime")
+    from examples.passkey import evaluate
+
+    tmp, ckpt, _ = tiny_run
+    config, params, _ = load_checkpoint(ckpt)
+    return config, params, evaluate.export_onnx(ckpt, control=False, out_dir=tmp)
+
+
+def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tiny_onnx, tmp_path):
     from examples.passkey import demo, evaluate, plots, report
 
     _, ckpt, _ = tiny_run
-    onnx_path = evaluate.export_onnx(ckpt, control=False, out_dir=tmp_path)
+    onnx_path = tiny_onnx[2]
     sess = evaluate.open_session(onnx_path, batch=3, threads=1)
     cell = evaluate.evaluate_cell(sess, 40, 0.5, 3, seed=0)
     assert cell["samples"] == 3 and 0.0 <= cell["accuracy"] <= 1.0 and not cell["in_last_segment"]
@@ -133,12 +148,19 @@ def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tmp_path):
     got = evaluate.stream_docs(evaluate.open_session(onnx_path, batch=2, threads=1), docs)
     assert np.array_equal(got, want[:, -data.N_DIGITS:].numpy())
 
+    # verified as `infini demo` runs it (PyTorch reads the same document on its own state in a second
+    # process); the memory-off control is streamed without verification
     lines = []
     r = demo.run_demo(length=100, depth=0.25, checkpoint=ckpt, control=True, progress=False, threads=1,
-                      echo=lines.append)
+                      verify_every=32, echo=lines.append)
     assert r["length"] == 100 and len(r["answer"]) == 5 and "control_answer" in r
     text = "\n".join(lines)
     assert "passkey" in text and "bytes" in text and "tokens after the passkey" in text
+    assert r["verified_ok"] and r["torch_answer"] == r["answer"]
+    assert [p for p, _ in r["drift"]] == [0, 32, 64, 96, 105]  # token 0, every 32, the end (prompt 105)
+    assert all(set(s) == {"logits", "M", "z"} for p, s in r["drift"][1:-1]) and set(r["drift"][-1][1]) == {"M", "z"}
+    text = "\n".join(lines)
+    assert "drift, ORT vs PyTorch" in text and "against float64 sums" in text and "MISMATCH" not in text
 
     results = {"models": {"delta": {"command": "test", "seed": 0, "machine": "test", "memory_off_beta": -30.0,
                                     "checkpoint": "x", "train_length": 32, "state_bytes": 1,
@@ -172,3 +194,76 @@ def test_committed_weights_retrieve_the_passkey(update):
                 logits, _ = m(torch.from_numpy(tok))
             acc = (logits.argmax(-1).numpy() == tgt)[mask].reshape(16, 5).all(1).mean()
             assert (acc >= 0.9) if want_hi else (acc <= 0.2), (update, depth, want_hi, acc)
+
+
+# ------------------------------------------------------------------------------ the demo's verification
+
+def _tiny_stream(tiny_onnx, tokens=512):
+    """The ORT session and stream source, and the follower's own copy of the input."""
+    from types import SimpleNamespace
+
+    from infini_attention.export import InfiniSession
+    from infini_attention.export.stream import Source
+
+    config, params, path = tiny_onnx
+    sess = InfiniSession(path, provider="cpu", intra_op_threads=1)
+    inputs = Source(SimpleNamespace(kind="lm", config=config, attn=config.attn, batch=1), tokens)
+    return config, params, sess, Source(sess, tokens), inputs
+
+
+@pytest.mark.parametrize("skew", [0.0, 1e-3])
+def test_verification_is_independent_and_can_fail(tiny_onnx, skew):
+    """PyTorch follows the stream on its own state: fed weights 0.1% off in one key projection, its
+    memory parts from ORT's and the check says MISMATCH (ORT's state is never copied into it)."""
+    from infini_attention.export.verify import TorchFollower, checkpoint_positions, drift_line, follow_stream
+
+    config, params, sess, source, inputs = _tiny_stream(tiny_onnx)
+    theirs = dict(params, **{"layers.0.attn.wk": params["layers.0.attn.wk"] * (1 + skew)})
+    with TorchFollower(config, theirs, inputs, checkpoint_positions(512, 128)) as follower:
+        checks, report = follow_stream(sess, follower, source, 128, progress=False)
+    assert [c.position for c in checks] == [0, 128, 256, 384, 512] and report.tokens == 512
+    assert sess.position == 512  # the lookahead of each check was rolled back
+    if skew:
+        assert not checks[-1].ok and "MISMATCH" in checks[-1].line() and "layer 0 M" in checks[-1].line()
+    else:
+        assert all(c.ok for c in checks), [c.line() for c in checks]
+        assert max(max(c.scores.values()) for c in checks[1:]) < 0.5
+        assert "logits" in drift_line(checks) and "at 128 ->" in drift_line(checks)
+
+
+def test_follower_failures_are_errors_not_hangs(tiny_onnx, monkeypatch):
+    from types import SimpleNamespace
+
+    from infini_attention.export import verify
+    from infini_attention.export.stream import Source
+
+    config, params, sess, source, inputs = _tiny_stream(tiny_onnx, 64)
+    bad = Source(SimpleNamespace(kind="lm", config=None, attn=config.attn, batch=1), 64)  # reading fails in the child
+    with verify.TorchFollower(config, params, bad, [0, 32, 64]) as follower:
+        with pytest.raises(RuntimeError, match="(?s)PyTorch process failed.*AttributeError"):
+            follower.record(0)
+    with verify.TorchFollower(config, params, inputs, [0, 64]) as follower:
+        follower._proc.kill()
+        with pytest.raises(RuntimeError, match=r"PyTorch process stopped \(exit code -9\) before token 0"):
+            follower.record(0)
+    with verify.TorchFollower(config, params, inputs, [0, 64]) as follower:
+        with pytest.raises(RuntimeError, match="PyTorch sent token 0, expected 32"):
+            follower.record(32)
+    monkeypatch.setattr(verify, "RECORD_TIMEOUT", 0.2)  # the child needs longer than that to import torch
+    with verify.TorchFollower(config, params, inputs, [0, 64]) as follower:
+        with pytest.raises(RuntimeError, match="no word from the PyTorch process for 0.2 s"):
+            follower.record(0)
+
+
+def test_the_package_needs_no_checkout():
+    """No package module imports examples/ or edits sys.path: an installed wheel has no examples/."""
+    offenders = []
+    for folder in ("reference", "torch_impl", "export", "conformance"):
+        for path in (REPO / folder).rglob("*.py"):
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if "sys.path" in code or code.lstrip().startswith(("import examples", "from examples")):
+                    offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not offenders, offenders
+    assert (checkpoint_path("linear").parent / "passkey_linear.json").is_file()
+    assert checkpoint_path("linear").is_relative_to(REPO / "export" / "passkey")

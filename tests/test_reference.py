@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from infini_attention import reference as R
 from infini_attention.conformance import strategies as S
@@ -10,11 +11,7 @@ from infini_attention.reference import equations as eq
 
 
 def _run_split(config, params, x, split):
-    ys, state, start = [], None, 0
-    for size in split:
-        y, state = R.forward(config, params, x[:, start:start + size], state)
-        ys.append(y)
-        start += size
+    ys, state = R.run_split(lambda chunk, s: R.forward(config, params, chunk, s), x, split)
     return np.concatenate(ys, axis=1), state
 
 
@@ -222,10 +219,10 @@ def test_input_errors_name_the_argument():
         R.forward(c, p, np.zeros((1, 3, 4), dtype=np.int64))
     with pytest.raises(ValueError, match="x: expected finite"):
         R.forward(c, p, np.full((1, 3, 4), np.nan))
-    with pytest.raises(ValueError, match=r"params\['wq'\]: expected shape \(4, 4\)"):
+    with pytest.raises(ValueError, match=r"params\['wq'\]: expected a float array of shape \(4, 4\)"):
         R.forward(c, dict(p, wq=np.zeros((4, 3))), np.zeros((1, 3, 4)))
     _, state = R.forward(c, p, np.zeros((2, 3, 4)))
-    with pytest.raises(ValueError, match=r"state.M: expected shape \(1, 1, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"state.M: expected a float array of shape \(1, 1, 2, 2\)"):
         R.forward(c, p, np.zeros((1, 1, 4)), state)  # a state of batch 2 fed to batch 1
     other = R.forward(c.replace(d_value=3), R.init_params(c.replace(d_value=3)), np.zeros((2, 1, 4)))[1]
     with pytest.raises(ValueError, match="state"):
@@ -247,3 +244,27 @@ def test_lm_split_invariance_and_errors():
     assert [s.segments for s in st] == [2, 2]
     with pytest.raises(ValueError, match=r"tokens: expected token ids in \[0, 11\)"):
         R.lm_forward(lc, p, np.array([[3, 11]]))
+
+
+@given(n=st.integers(0, 7), T=st.integers(0, 40), N=st.integers(1, 8))
+def test_pieces_cut_at_segment_boundaries(n, T, N):
+    """SPEC.md §4.3: pieces cover the call in order, each within one segment, cut exactly at boundaries."""
+    if n >= N:
+        with pytest.raises(ValueError, match=r"pending: expected 0 <= n < segment_len"):
+            R.pieces(n, T, N)
+        return
+    cuts = R.pieces(n, T, N)
+    assert cuts == [] if T == 0 else ([a for a, _ in cuts] == [0] + [b for _, b in cuts[:-1]] and cuts[-1][1] == T)
+    pos = n
+    for a, b in cuts:
+        assert 0 < b - a <= N - pos % N  # stays inside the segment it starts in
+        pos += b - a
+        assert b == T or pos % N == 0  # every piece but the last ends on a boundary
+
+
+def test_run_split_rejects_bad_splits():
+    x = np.zeros((1, 5, 2))
+    with pytest.raises(ValueError, match=r"split: expected non-negative chunk sizes summing to T=5, got \[2, 2\]"):
+        R.run_split(lambda c, s: (c, s), x, [2, 2])
+    with pytest.raises(ValueError, match=r"split: expected .* got \[6, -1\]"):
+        R.run_split(lambda c, s: (c, s), x, [6, -1])

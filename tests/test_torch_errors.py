@@ -85,7 +85,7 @@ def test_bad_params_rejected():
     p = R.init_params(C)
     with pytest.raises(ValueError, match=r"params: expected keys .*missing \['beta'\]"):
         InfiniAttention.from_numpy(C, {k: v for k, v in p.items() if k != "beta"})
-    with pytest.raises(ValueError, match=r"params\['wq'\]: expected shape \(4, 4\), got \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"params\['wq'\]: expected a float array of shape \(4, 4\), got float64 \(4, 5\)"):
         InfiniAttention.from_numpy(C, dict(p, wq=np.zeros((4, 5))))
     with pytest.raises(ValueError, match=r"params\['wo'\]: expected finite"):
         InfiniAttention.from_numpy(C, dict(p, wo=np.full((6, 4), np.nan)))
@@ -111,3 +111,13 @@ def test_lm_bad_tokens_and_states_rejected():
         lm(torch.zeros(1, 2, dtype=torch.long), [None])
     with pytest.raises(ValueError, match=r"params: expected keys .*missing \['embed'\]"):
         lm.load_numpy_params({k: v for k, v in R.lm_init_params(lm_c).items() if k != "embed"})
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, "float32", torch.complex64])
+def test_non_float_dtype_is_one_line(dtype):
+    with pytest.raises(ValueError, match=r"dtype: expected None or one of torch.float64, torch.float32, "
+                                         r"torch.bfloat16, torch.float16, got "):
+        InfiniAttention.from_numpy(C, R.init_params(C), dtype=dtype)
+    lm_c = R.LMConfig(vocab_size=7, n_layers=1, d_ff=8, attn=C)
+    with pytest.raises(ValueError, match=r"dtype: expected None or one of"):
+        InfiniTransformerLM(lm_c, dtype=dtype)

@@ -17,9 +17,13 @@ def sigma(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
-def memory_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of M and z: never below float32, because z sums sigma(k) over the
-    whole stream and overflows fp16 (and loses all precision in bf16)."""
+def memory_dtype(dtype: torch.dtype, state_dtype: torch.dtype | None = None) -> torch.dtype:
+    """dtype of M and z: never below float32, because z sums sigma(k) over the whole stream and
+    overflows fp16 (and loses all precision in bf16). ``state_dtype=torch.float64`` keeps float64
+    accumulators whatever the compute dtype: float32 z stops absorbing a segment's increment once it
+    falls below half an ulp (around 1e8-1e10 tokens, by model), float64 only past ~1e15 (SPEC.md §11)."""
+    if state_dtype is not None:
+        return state_dtype
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

@@ -21,17 +21,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from infini_attention.reference import InfiniConfig, InfiniState
-from infini_attention.reference import param_shapes as _param_shapes
+from infini_attention.reference import ATTN_PARAMS, InfiniConfig, InfiniState
+from infini_attention.reference import layer_param_shapes as _param_shapes
 
 from . import functional as Fn
+from . import naive
 from .params import load_arrays, to_numpy
 from .memory import memory_per_segment
 from .pending import PendingBuffer
 from .state import TorchInfiniState
-from .validation import check_config, check_detach_every, check_state, check_x
+from .validation import check_config, check_detach_every, check_dtype, check_state, check_state_dtype, check_x
 
-PARAM_NAMES = ("wq", "wk", "wv", "wo", "beta")
+PARAM_NAMES = ATTN_PARAMS
 _DEFAULT = object()
 
 
@@ -58,6 +59,8 @@ class InfiniAttention(nn.Module):
     check_values: run the input checks that read tensor values (NaN/Inf in x and state,
     state.segments >= 0): one reduction per tensor and a host sync per call. Shape and dtype
     checks always run. Turn off for tracing/export or when inputs are known good.
+    state_dtype: dtype of M and z; None is float32 (float64 for a float64 layer). torch.float64
+    keeps the memory absorbing far beyond 1e9 tokens (functional.memory_dtype, SPEC.md §11).
     """
 
     def __init__(
@@ -68,9 +71,11 @@ class InfiniAttention(nn.Module):
         check_values: bool = True,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        state_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.config = check_config(config)
+        self.state_dtype = check_state_dtype(state_dtype, check_dtype(dtype) or torch.get_default_dtype())
         self.detach_every = check_detach_every(detach_every)
         self.check_values = check_values
         kw = {"dtype": dtype, "device": device}
@@ -78,6 +83,7 @@ class InfiniAttention(nn.Module):
             setattr(self, name, nn.Parameter(torch.empty(shape, **kw)))
         self.reset_parameters()
         self._rope_cache: dict = {}
+        self.piece_mode = False  # set by `piece_mode(model)` while the exporter traces
 
     def reset_parameters(self) -> None:
         """N(0, 1/fan_in) weights and beta = 0 (an even gate), as reference.init_params."""
@@ -98,34 +104,59 @@ class InfiniAttention(nn.Module):
 
     def load_numpy_params(self, params: dict, prefix: str = "params") -> None:
         """Copy a reference-layout dict {wq, wk, wv, wo, beta} into the parameters."""
-        load_arrays(self, params, _param_shapes(self.config), prefix)
+        load_arrays(self, self.config, params, prefix)
 
     def numpy_params(self) -> dict[str, np.ndarray]:
         """The parameters as a reference-layout dict of float64 arrays (exact for any dtype)."""
         return {n: to_numpy(getattr(self, n)) for n in PARAM_NAMES}
 
+    # ---------------------------------------------------------- safetensors (pretrained.py)
+
+    def save_pretrained(self, directory):
+        """``directory``/config.json + model.safetensors (reference names, this layer's dtype)."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path, *, dtype=None, device=None, **kw):
+        """The layer saved by ``save_pretrained`` (a directory, or a self-describing .safetensors file)."""
+        from .pretrained import from_pretrained
+
+        return from_pretrained(cls, path, dtype=dtype, device=device, **kw)
+
     # ------------------------------------------------------------------------ state
 
+    @property
+    def memory_dtype(self) -> torch.dtype:
+        """dtype of M and z (``state_dtype``, else float32 or float64 by the layer's dtype)."""
+        return Fn.memory_dtype(self.wq.dtype, self.state_dtype)
+
     def init_state(self, batch: int) -> TorchInfiniState:
-        return TorchInfiniState.zeros(self.config, batch, dtype=self.wq.dtype, device=self.wq.device)
+        return TorchInfiniState.zeros(self.config, batch, dtype=self.wq.dtype, device=self.wq.device,
+                                      memory_dtype=self.memory_dtype)
 
     def state_from_reference(self, state: InfiniState) -> TorchInfiniState:
-        return TorchInfiniState.from_reference(state, dtype=self.wq.dtype, device=self.wq.device)
+        return TorchInfiniState.from_reference(state, dtype=self.wq.dtype, device=self.wq.device,
+                                               memory_dtype=self.memory_dtype)
 
     # ---------------------------------------------------------------------- forward
 
     def forward(self, x: torch.Tensor, state=None, *, detach_every=_DEFAULT):
         """x (B, T, D) -> (y (B, T, D), new TorchInfiniState). The input state is not modified."""
         c = self.config
+        if self.piece_mode:  # one segment piece per call, the plain form (naive.py): what ONNX export traces
+            return naive.segment_piece(c, {n: getattr(self, n) for n in PARAM_NAMES}, x, state)
         dt = self.wq.dtype
         x = check_x(c, x, dt, self.check_values)
         B, T, _ = x.shape
         every = self.detach_every if detach_every is _DEFAULT else check_detach_every(detach_every)
-        st = self.init_state(B) if state is None else check_state(c, state, B, dt, self.wq.device, self.check_values)
+        st = self.init_state(B) if state is None else check_state(c, state, B, dt, self.wq.device, self.check_values,
+                                                                  self.memory_dtype)
         if T == 0:
             return x.new_zeros(B, 0, c.d_model), st
         H, Hkv, dk, dv, N = c.n_heads, c.n_kv_heads, c.d_key, c.d_value, c.segment_len
-        mdt = Fn.memory_dtype(dt)
+        mdt = self.memory_dtype
         q = (x @ self.wq).view(B, T, H, dk)  # (B, T, H, dk)
         k = (x @ self.wk).view(B, T, Hkv, dk)  # (B, T, Hkv, dk)
         v = (x @ self.wv).view(B, T, Hkv, dv)  # (B, T, Hkv, dv)

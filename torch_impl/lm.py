@@ -13,11 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from infini_attention.reference import InfiniState, LMConfig, lm_param_shapes
+from infini_attention.reference import InfiniState, LMConfig
 from infini_attention.reference.validate import check_token_ids, is_integer_dtype
 
 from .layer import InfiniAttention
 from .params import load_arrays, to_numpy
+from .validation import check_dtype
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -31,13 +32,13 @@ class Block(nn.Module):
     """h = x + attn(rms_norm(x)); out = h + mlp(rms_norm(h)). Norm weights are bare
     Parameters so their names are "layers.{i}.attn_norm" / "layers.{i}.mlp_norm"."""
 
-    def __init__(self, config: LMConfig, detach_every, check_values, dtype, device):
+    def __init__(self, config: LMConfig, detach_every, check_values, dtype, device, state_dtype=None):
         super().__init__()
         D = config.d_model
         self.norm_eps = config.norm_eps
         self.attn_norm = nn.Parameter(torch.ones(D, dtype=dtype, device=device))
         self.attn = InfiniAttention(config.attn, detach_every=detach_every, check_values=check_values,
-                                    dtype=dtype, device=device)
+                                    dtype=dtype, device=device, state_dtype=state_dtype)
         self.mlp_norm = nn.Parameter(torch.ones(D, dtype=dtype, device=device))
         self.mlp = SwiGLU(D, config.d_ff, dtype=dtype, device=device)
 
@@ -61,37 +62,26 @@ class SwiGLU(nn.Module):
         return (F.silu(x @ self.w_gate) * (x @ self.w_up)) @ self.w_down
 
 
-
-
 class InfiniTransformerLM(nn.Module):
     """tokens (B, T) int64 -> logits (B, T, vocab_size); one TorchInfiniState per layer."""
 
     def __init__(self, config: LMConfig, *, detach_every: int | None = None, check_values: bool = True,
-                 dtype: torch.dtype | None = None, device=None):
+                 dtype: torch.dtype | None = None, device=None, state_dtype: torch.dtype | None = None):
         super().__init__()
         if not isinstance(config, LMConfig):
             raise ValueError(f"config: expected an LMConfig, got {type(config).__name__}")
+        check_dtype(dtype)
         self.config, self.check_values = config, check_values
         kw = {"dtype": dtype, "device": device}
         D, V = config.d_model, config.vocab_size
         self.embed = nn.Parameter(torch.randn(V, D, **kw))  # (V, D): N(0, 1) like the reference
         self.layers = nn.ModuleList(
-            Block(config, detach_every, check_values, dtype, device) for _ in range(config.n_layers)
+            Block(config, detach_every, check_values, dtype, device, state_dtype) for _ in range(config.n_layers)
         )
         self.final_norm = nn.Parameter(torch.ones(D, **kw))
         self.lm_head = nn.Parameter(torch.randn(D, V, **kw) * D**-0.5)  # (D, V)
 
     # ------------------------------------------------------------ numpy parameter dicts
-
-    @staticmethod
-    def numpy_to_torch_name(name: str) -> str:
-        """Reference parameter name -> `named_parameters()` name (the identity, by design)."""
-        return name
-
-    @staticmethod
-    def torch_to_numpy_name(name: str) -> str:
-        """`named_parameters()` name -> reference parameter name (the identity, by design)."""
-        return name
 
     @classmethod
     def from_numpy(cls, config: LMConfig, params: dict, *, dtype=torch.float64, device=None, **kw):
@@ -100,10 +90,25 @@ class InfiniTransformerLM(nn.Module):
         return model
 
     def load_numpy_params(self, params: dict) -> None:
-        load_arrays(self, params, lm_param_shapes(self.config), "params")
+        load_arrays(self, self.config, params)
 
     def numpy_params(self) -> dict[str, np.ndarray]:
-        return {self.torch_to_numpy_name(n): to_numpy(p) for n, p in self.named_parameters()}
+        return {n: to_numpy(p) for n, p in self.named_parameters()}  # the reference names, by design
+
+    # ---------------------------------------------------------- safetensors (pretrained.py)
+
+    def save_pretrained(self, directory):
+        """``directory``/config.json + model.safetensors (reference names, this model's dtype)."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path, *, dtype=None, device=None, **kw):
+        """The model saved by ``save_pretrained`` (a directory, or a self-describing .safetensors file)."""
+        from .pretrained import from_pretrained
+
+        return from_pretrained(cls, path, dtype=dtype, device=device, **kw)
 
     # ---------------------------------------------------------------------- forward
 

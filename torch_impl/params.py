@@ -6,27 +6,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from infini_attention.reference.validate import check_params
 
-def load_arrays(module: nn.Module, params: dict, shapes: dict, prefix: str) -> None:
-    """Copy numpy arrays named like module.named_parameters() into it, checking keys/shapes/finiteness."""
-    if not hasattr(params, "keys"):
-        raise ValueError(f"{prefix}: expected a dict of arrays, got {type(params).__name__}")
-    missing = sorted(set(shapes) - set(params))
-    extra = sorted(set(params) - set(shapes))
-    if missing or extra:
-        raise ValueError(f"{prefix}: expected keys {sorted(shapes)}, missing {missing[:8]}, "
-                         f"unexpected {extra[:8]}")
+# Rounded by NumPy straight from float64: torch may round float64 -> float16 through float32 (double
+# rounding), and the exporter fingerprints the weights as NumPy rounds them.
+_NUMPY = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+
+
+def load_arrays(module: nn.Module, config, params: dict, prefix: str = "params") -> None:
+    """Copy the reference parameter dict of ``config`` (layer or LM) into ``module``'s parameters of the same names.
+
+    Keys, shapes and finiteness are checked by the reference's one parameter check (unknown keys are errors)."""
+    arrays = check_params(config, params, prefix, allow_extra=False)
     own = dict(module.named_parameters())
     with torch.no_grad():
-        for name, shape in shapes.items():
-            arr = np.asarray(params[name])
-            if tuple(arr.shape) != tuple(shape):
-                raise ValueError(f"{prefix}['{name}']: expected shape {tuple(shape)}, got {tuple(arr.shape)}")
-            if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
-                raise ValueError(f"{prefix}['{name}']: expected finite floating values, got dtype "
-                                 f"{arr.dtype} with non-finite or non-float entries")
+        for name, arr in arrays.items():
             p = own[name]
-            p.copy_(torch.as_tensor(arr.astype(np.float64)).to(device=p.device, dtype=p.dtype))
+            src = torch.from_numpy(arr.astype(_NUMPY[p.dtype])) if p.dtype in _NUMPY else torch.from_numpy(arr)
+            p.copy_(src.to(device=p.device, dtype=p.dtype))
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

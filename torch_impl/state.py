@@ -9,7 +9,7 @@ import torch
 
 from infini_attention.reference import InfiniConfig, InfiniState
 
-from .functional import memory_dtype
+from .functional import memory_dtype as _memory_dtype
 
 
 @dataclass
@@ -51,11 +51,12 @@ class TorchInfiniState:
         batch: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        memory_dtype: torch.dtype | None = None,
     ) -> "TorchInfiniState":
         """The state before a stream's first token: M = 0, z = 0, nothing pending."""
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise ValueError(f"batch: expected an integer >= 1, got {batch!r}")
-        c, mdt = config, memory_dtype(dtype)
+        c, mdt = config, _memory_dtype(dtype, memory_dtype)
         return cls(
             M=torch.zeros(batch, c.n_kv_heads, c.d_key, c.d_value, dtype=mdt, device=device),
             z=torch.zeros(batch, c.n_kv_heads, c.d_key, dtype=mdt, device=device),
@@ -70,11 +71,12 @@ class TorchInfiniState:
         state: InfiniState,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        memory_dtype: torch.dtype | None = None,
     ) -> "TorchInfiniState":
         """Convert a reference (NumPy float64) state; dtype is the layer's compute dtype."""
         if not isinstance(state, InfiniState):
             raise ValueError(f"state: expected a reference InfiniState, got {type(state).__name__}")
-        mdt = memory_dtype(dtype)
+        mdt = _memory_dtype(dtype, memory_dtype)
 
         def t(a, dt):
             return torch.as_tensor(np.asarray(a, dtype=np.float64), device=device).to(dt)

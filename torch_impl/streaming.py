@@ -1,10 +1,47 @@
-"""Running a stream through a layer or LM in several calls (prefill + decode, chunked prefill)."""
+"""The streaming protocol shared by the layer and the LM, and running a stream in several calls.
+
+A streaming model is ``forward(inputs, state(s)) -> (outputs, state(s))``; the layer takes and returns one
+state, the LM a list with one per ``InfiniAttention`` in module order. `model_step` gives both the LM's
+shape (a list), so code that serves either (export, self-check, demo) needs no type test.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
+
+from infini_attention.reference import run_split
+
+
+def attention_layers(model) -> list:
+    """The model's ``InfiniAttention`` layers in module order (the layer itself for a layer)."""
+    from .layer import InfiniAttention
+
+    return [m for m in model.modules() if isinstance(m, InfiniAttention)]
+
+
+def model_step(model, inputs, states=None):
+    """(outputs, list of per-layer states) for a layer or an LM; ``states`` a list (or None: a new stream)."""
+    if model.config.kind == "lm":
+        return model(inputs, states)
+    y, state = model(inputs, None if states is None else states[0])
+    return y, [state]
+
+
+@contextmanager
+def piece_mode(model):
+    """Run every attention layer of ``model`` in piece mode (one segment piece per call, naive.py) inside."""
+    layers = attention_layers(model)
+    saved = [(m.piece_mode, m.check_values) for m in layers]
+    for m in layers:
+        m.piece_mode, m.check_values = True, False
+    try:
+        yield model
+    finally:
+        for m, (mode, check) in zip(layers, saved):
+            m.piece_mode, m.check_values = mode, check
 
 
 def run_chunks(module, x: torch.Tensor, sizes: Sequence[int], state=None, **kw):
@@ -12,11 +49,13 @@ def run_chunks(module, x: torch.Tensor, sizes: Sequence[int], state=None, **kw):
 
     Works for InfiniAttention (x (B, T, D), one state) and InfiniTransformerLM
     (tokens (B, T), list of states). Returns (outputs concatenated over T, final state)."""
-    if sum(sizes) != x.shape[1] or any(s < 0 for s in sizes):
-        raise ValueError(f"sizes: expected non-negative chunk sizes summing to T={x.shape[1]}, got {list(sizes)}")
-    outs, start = [], 0
-    for size in sizes:
-        y, state = module(x[:, start:start + size], state, **kw)
-        outs.append(y)
-        start += size
+    outs, state = run_split(lambda chunk, s: module(chunk, s, **kw), x, sizes, state)
     return torch.cat(outs, dim=1), state
+
+
+def model_from_numpy(config, params: dict, **kw):
+    """``InfiniTransformerLM`` for an LMConfig, ``InfiniAttention`` for an InfiniConfig, holding ``params``."""
+    from .layer import InfiniAttention
+    from .lm import InfiniTransformerLM
+
+    return (InfiniTransformerLM if config.kind == "lm" else InfiniAttention).from_numpy(config, params, **kw)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from infini_attention.reference import InfiniConfig, InfiniState
+from infini_attention.reference import InfiniConfig, InfiniState, state_shapes
+from infini_attention.reference.validate import check_pending
 
 from .functional import memory_dtype
 from .state import TorchInfiniState
@@ -14,6 +15,26 @@ def check_config(config) -> InfiniConfig:
     if not isinstance(config, InfiniConfig):
         raise ValueError(f"config: expected an InfiniConfig, got {type(config).__name__}")
     return config
+
+
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_dtype(value) -> torch.dtype | None:
+    """A module's parameter dtype: None (torch's default) or one of the floating dtypes the layer supports."""
+    if value is not None and value not in FLOAT_DTYPES:
+        raise ValueError(f"dtype: expected None or one of {', '.join(map(str, FLOAT_DTYPES))}, got {value!r}")
+    return value
+
+
+def check_state_dtype(value, dtype) -> torch.dtype | None:
+    """None (float32, or float64 for a float64 layer) or a float dtype at least as wide as float32 (SPEC.md §11)."""
+    if value is not None and value not in (torch.float32, torch.float64):
+        raise ValueError(f"state_dtype: expected None, torch.float32 or torch.float64, got {value!r}")
+    if value == torch.float32 and dtype == torch.float64:
+        raise ValueError("state_dtype: expected None or torch.float64 for a float64 layer (the state is never "
+                         "narrower than the compute dtype), got torch.float32")
+    return value
 
 
 def check_detach_every(value) -> int | None:
@@ -46,33 +67,31 @@ def check_x(c: InfiniConfig, x, dtype: torch.dtype, check_values: bool = True) -
 
 
 def check_state(
-    c: InfiniConfig, state, batch: int, dtype: torch.dtype, device: torch.device, check_values: bool = True
+    c: InfiniConfig, state, batch: int, dtype: torch.dtype, device: torch.device, check_values: bool = True,
+    mdt: torch.dtype | None = None,
 ) -> TorchInfiniState:
     """Validate a state against the config, batch size and layer dtype.
 
     A reference InfiniState is accepted and converted (that is the only conversion done
     silently; a torch state of the wrong dtype is an error, not a cast)."""
     if isinstance(state, InfiniState):
-        state = TorchInfiniState.from_reference(state, dtype=dtype, device=device)
+        state = TorchInfiniState.from_reference(state, dtype=dtype, device=device, memory_dtype=mdt)
     if not isinstance(state, TorchInfiniState):
         raise ValueError(f"state: expected a TorchInfiniState, an InfiniState or None, "
                          f"got {type(state).__name__}")
-    B, Hkv, dk, dv, N = batch, c.n_kv_heads, c.d_key, c.d_value, c.segment_len
     k = state.k
-    n = k.shape[2] if isinstance(k, torch.Tensor) and k.ndim == 4 else -1
-    if not 0 <= n < N:
-        raise ValueError(f"state.k: expected shape (B={B}, Hkv={Hkv}, n, dk={dk}) with 0 <= n < "
-                         f"segment_len={N}, got {_shape(k)}")
-    mdt = memory_dtype(dtype)
+    n = check_pending("state.k", k.shape if isinstance(k, torch.Tensor) else None, c)
+    shapes = state_shapes(c, batch, n)
+    mdt = mdt or memory_dtype(dtype)
     # Pending keys/values still held in this layer's own decode buffer were computed by the
     # layer from validated inputs: not re-read on every decoding call (that would cost O(n)).
     own_buffer = (state._pending is not None and isinstance(state.v, torch.Tensor)
                   and state._pending.owns(state.k, state.v))
     for name, t, shape, dt in (
-        ("state.M", state.M, (B, Hkv, dk, dv), mdt),
-        ("state.z", state.z, (B, Hkv, dk), mdt),
-        ("state.k", state.k, (B, Hkv, n, dk), dtype),
-        ("state.v", state.v, (B, Hkv, n, dv), dtype),
+        ("state.M", state.M, shapes["M"], mdt),
+        ("state.z", state.z, shapes["z"], mdt),
+        ("state.k", state.k, shapes["k"], dtype),
+        ("state.v", state.v, shapes["v"], dtype),
     ):
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
             raise ValueError(f"{name}: expected shape {shape} (state from another config or batch?), "

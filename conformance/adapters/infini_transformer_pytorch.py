@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...reference import InfiniConfig
+from ...reference import InfiniConfig, pieces
 from ..contract import NotSupported
 
 PINS = {"rope_theta": 10000.0, "rope_style": "interleaved", "d_value": "d_key", "eps": 1e-10}
@@ -78,16 +78,14 @@ class InfiniTransformerPytorch:
         c, B = self.config, x.shape[0]
         cached, memories, pending = (None, None, 0) if state is None else (state.cached_kv, state.memories,
                                                                            state.pending)
-        ys, start, T = [], 0, x.shape[1]
-        while start < T:
-            take = min(T - start, c.segment_len - pending)
-            completes = pending + take == c.segment_len
-            out, new_cached, new_memories = self.layer(x[:, start:start + take], cached_kv=cached,
+        ys = []
+        for a, b in pieces(pending, x.shape[1], c.segment_len):  # their API takes one segment piece per call
+            completes = pending + b - a == c.segment_len
+            out, new_cached, new_memories = self.layer(x[:, a:b], cached_kv=cached,
                                                        past_memories=memories, return_new_memories=completes)
             ys.append(out)
             cached, memories = (None, new_memories) if completes else (new_cached, memories)
-            pending = 0 if completes else pending + take
-            start += take
+            pending = 0 if completes else pending + b - a
         y = torch.cat(ys, dim=1) if ys else x.new_zeros(B, 0, c.d_model)
         return y, ThirdPartyState(cached, memories, pending, B, c, self.dtype)
 

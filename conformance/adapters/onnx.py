@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from ...reference import InfiniConfig
+from ...reference import InfiniConfig, pieces
 from ...reference.io_spec import METADATA_KEYS
 from ..contract import NotSupported, UsageError
 
@@ -76,16 +76,14 @@ class OnnxImpl:
                 STATE_IN[1]: np.zeros((B, c.n_kv_heads, 0, c.d_value), np.float32),
                 STATE_IN[2]: np.zeros((B, c.n_kv_heads, c.d_key, c.d_value), np.float32),
                 STATE_IN[3]: np.zeros((B, c.n_kv_heads, c.d_key), np.float32)})
-        arrays, ys, start = dict(state.arrays), [], 0
+        arrays, ys = dict(state.arrays), []
         names = [o.name for o in sess.get_outputs()]
-        while start < T:
-            take = min(T - start, c.segment_len - arrays[STATE_IN[0]].shape[2])
-            out = dict(zip(names, sess.run(None, {X: np.ascontiguousarray(x[:, start:start + take]), **arrays})))
+        for a, b in pieces(arrays[STATE_IN[0]].shape[2], T, c.segment_len):  # one segment piece per ONNX call
+            out = dict(zip(names, sess.run(None, {X: np.ascontiguousarray(x[:, a:b]), **arrays})))
             ys.append(out["y"])
             arrays = {SEGMENTS: out["present_segments"], STATE_IN[0]: out["present.0.key"],
                       STATE_IN[1]: out["present.0.value"], STATE_IN[2]: out["present_memory.0.M"],
                       STATE_IN[3]: out["present_memory.0.z"]}
-            start += take
         y = np.concatenate(ys, axis=1) if ys else np.zeros((B, 0, c.d_model), self.compute_dtype)
         return y, OnnxState(arrays)
 

@@ -14,8 +14,10 @@ from typing import Callable
 import numpy as np
 
 from .. import strategies as S
+from .. import transforms
 from ..contract import Implementation
 from ..harness import Failure, Run, Unsupported, run_impl, run_reference
+from ...reference import DEFAULT_PROFILE
 from ...reference.tolerances import GRAD_TOLERANCES, OUTPUT_TOLERANCES, STATE_TOLERANCES, compare, tolerance_for
 
 TABLES = {"output": OUTPUT_TOLERANCES, "state": STATE_TOLERANCES, "grad": GRAD_TOLERANCES}
@@ -28,6 +30,8 @@ class Property:
     fn: Callable
     requires: frozenset  # capabilities without which it is "not supported"
     budget: float  # fraction of --max-examples it draws (long streams draw fewer)
+    not_for: frozenset = frozenset()  # capabilities with which it does not apply ("n/a")
+    not_for_why: str = ""
 
     @property
     def doc(self) -> str:
@@ -37,12 +41,20 @@ class Property:
 PROPERTIES: dict[str, Property] = {}
 
 
-def prop(name: str, spec: str, requires=(), budget: float = 1.0):
-    """Register a property under ``name``; it is "not supported" unless the impl declares ``requires``."""
+def prop(name: str, spec: str, requires=(), budget: float = 1.0, not_for=(), not_for_why: str = ""):
+    """Register a property under ``name``; it is "not supported" unless the impl declares ``requires``,
+    and "n/a" for an impl declaring any of ``not_for`` (``not_for_why`` says why)."""
     def register(fn):
-        PROPERTIES[name] = Property(name, spec, fn, frozenset(requires), budget)
+        PROPERTIES[name] = Property(name, spec, fn, frozenset(requires), budget, frozenset(not_for), not_for_why)
         return fn
     return register
+
+
+STATELESS = ("whole_stream",)
+# Repro lines comparing the final canonical state of ``got`` (the implementation) with ``want``.
+STATE_LINES = ("if got.states: assert_close(got.states[-1][0], want.states[-1][0], 'state')",
+               "if got.states: assert_close(got.states[-1][1], want.states[-1][1], 'state')")
+STATELESS_WHY = "it keeps no state between calls: the suite replays the history on every call"
 
 
 @dataclass
@@ -50,11 +62,13 @@ class Settings:
     """How deep to look, at what dtype, under which declared profile (conventions of SPEC.md §8.2)."""
 
     dtype: str = "float32"
-    profile: dict = field(default_factory=lambda: {"gate_on": "memory", "first_segment": "gated"})
+    profile: dict = field(default_factory=lambda: dict(DEFAULT_PROFILE))
     max_examples: int = 20
     seed: int = 0
     thorough: bool = False
     shrink: bool = True
+    min_examples: int = 10  # a property that ran fewer is inconclusive, never a pass
+    call_timeout: float = 60.0  # seconds per call into the implementation (guard.py); 0: none
 
 
 @dataclass
@@ -85,6 +99,9 @@ class Stats:
         self.worst_what = ""
         self.unsupported_reason = ""
         self.last: Check | None = None
+        self.hung = None  # the Hung failure that ended the property
+        self.hung_example: Check | None = None
+        self.note = ""  # a remark a passing property adds to its verdict line
 
 
 class Check:
@@ -111,11 +128,14 @@ class Check:
 
     # -------------------------------------------------------------- drawing a config
 
-    def config(self, **pins):
+    def config(self, one_head: bool = False, **pins):
         """A config honouring capabilities, the impl's config_pins, the profile and ``pins``
-        (``configs()`` arguments). Unsatisfiable combinations reject the example."""
+        (``configs()`` arguments). Unsatisfiable combinations reject the example. ``one_head`` cuts
+        the head layout, GQA and per-head gates away where the config is drawn (not for a fixed one)."""
         caps, ipins = self.caps, self.impl.pins
         forced = dict(self.settings.profile)
+        if one_head:
+            forced["one_head"] = True
         if "delta" not in caps:
             forced["update"] = "linear"
         if "gqa" not in caps:
@@ -125,7 +145,9 @@ class Check:
         forced.update({k: ipins[k] for k in ("rope_theta", "rope_style", "eps", "update") if k in ipins})
         if ipins.get("d_value") == "d_key":
             forced["tie_dims"] = True
-        if forced.get("rope_theta") is not None:
+        if ipins.get("d_model") == "heads":
+            forced["tie_model"] = True
+        if forced.get("rope_theta") is not None or ipins.get("rope") is True:
             forced["rope"] = True
         for key, value in pins.items():
             if key in forced and value is not None and forced[key] != value:
@@ -144,7 +166,7 @@ class Check:
 
     def stream(self, config, min_segments=0, max_segments=4, partial=True, split="any", max_batch=3):
         """Draw a stream (seeds, B, T, split); calls cut mid-segment only with "chunked"."""
-        if "chunked" not in self.caps:
+        if "chunked" not in self.caps and "whole_stream" not in self.caps:  # a replay can stop anywhere
             partial = False
             split = "aligned" if split in ("any", "multi") else split
         case = self.draw(S.streams(config, min_segments, max_segments, partial, split, max_batch), "stream")
@@ -153,8 +175,15 @@ class Check:
         ex.param_seed, ex.x_seed = case.param_seed, case.x_seed
         self.ns = {"np": np, "config": config, "params": {k: v.copy() for k, v in case.params.items()},
                    "x": case.x, "split": list(case.split), "B": ex.B, "T": ex.T,
-                   "x_from_seed": S.x_from_seed, "params_from_seed": S.params_from_seed}
+                   "x_from_seed": S.x_from_seed, "params_from_seed": S.params_from_seed,
+                   **{name: getattr(transforms, name) for name in transforms.__all__}}
+        if self.shared_gate:
+            self.edit("params['beta'][:] = params['beta'][0]  # one gate for all heads (declared shared_gate)")
         return case
+
+    @property
+    def shared_gate(self) -> bool:
+        return self.impl.pins.get("shared_gate") is True
 
     def edit(self, code: str) -> None:
         """Run one line of Python on the example (params, x, split, ...) and keep it for the repro."""
@@ -167,9 +196,9 @@ class Check:
 
     # -------------------------------------------------------------- running
 
-    def impl_run(self, params=None, x=None, split=None, want_state=False, instance=None) -> Run:
+    def impl_run(self, params=None, x=None, split=None, want_state=False, instance=None, config=None) -> Run:
         ns = self.ns
-        return run_impl(self.impl, ns["config"], ns["params"] if params is None else params,
+        return run_impl(self.impl, config or ns["config"], ns["params"] if params is None else params,
                         ns["x"] if x is None else x, ns["split"] if split is None else split, self.dtype,
                         want_state=want_state, instance=instance)
 
@@ -177,6 +206,11 @@ class Check:
         ns = self.ns
         return run_reference(ns["config"], ns["params"] if params is None else params,
                              ns["x"] if x is None else x, ns["split"] if split is None else split, self.dtype)
+
+    def param(self, name: str, value):
+        """Put ``value`` into the repro namespace (what ``edit`` lines refer to)."""
+        self.ns[name] = value
+        return value
 
     # -------------------------------------------------------------- comparing
 

@@ -18,9 +18,10 @@ import argparse
 import numpy as np
 import torch
 
-from . import data
+from infini_attention.export.passkey import data
+from infini_attention.export.passkey.model import checkpoint_path, load_checkpoint
+
 from .evaluate import fmt_len, parse_lengths
-from .model import checkpoint_path, load_checkpoint
 
 
 def sigma(x):

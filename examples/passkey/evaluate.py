@@ -26,55 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .model import HERE, MEMORY_OFF_BETA, checkpoint_path, load_checkpoint, memory_off, state_bytes
+from infini_attention.export.passkey import data
+from infini_attention.export.passkey.exported import EXPORT_NOTES, export_checked, open_session  # noqa: F401
+from infini_attention.export.passkey.model import (CHECKPOINT_DIR, MEMORY_OFF_BETA, checkpoint_path, load_checkpoint,
+                                                   memory_off, state_bytes)
+
 from .report import DEPTHS, fmt_len, load_results, markdown
 
+HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 ONNX_DIR = HERE.parents[1] / "artifacts" / "passkey"  # artifacts/ is git-ignored
 FEED_CHUNK = 4096  # tokens generated and handed to the session per feed() (it runs one call per segment)
-
-
-EXPORT_NOTES: dict[str, str] = {}  # onnx path -> how it was checked
-
-
-def export_checked(config, params: dict, out: Path) -> Path:
-    """`infini_attention.export.export` (its self-check: ONNX Runtime vs the NumPy reference on random
-    token ids, allowing for these weights' conditioning), then ONNX Runtime vs the PyTorch model on
-    real passkey documents (`check_against_torch`); EXPORT_NOTES[out] records both."""
-    from infini_attention.export import export
-
-    r = export(config, {k: np.asarray(v, np.float64) for k, v in params.items()}, out)
-    by_baseline = sum("PyTorch implementation" in line for line in r.checks)
-    EXPORT_NOTES[str(out)] = (f"exporter self-check passed ({len(r.checks)} comparisons"
-                              + (f", {by_baseline} within the float32 PyTorch baseline" if by_baseline else "")
-                              + "); " + check_against_torch(config, params, out))
-    return out
-
-
-def check_against_torch(config, params: dict, onnx_path: Path, seed: int = 0) -> str:
-    """ORT vs the PyTorch model (float32) on passkey documents: logits, and the greedy answers."""
-    import torch
-
-    from infini_attention.reference.tolerances import OUTPUT_TOLERANCES, compare, tolerance_for
-    from infini_attention.torch_impl import InfiniTransformerLM
-
-    N = config.attn.segment_len
-    model = InfiniTransformerLM.from_numpy(config, params, dtype=torch.float32).eval()
-    docs = data.make_docs(np.random.default_rng(seed), 4, data.prompt_length(8 * N, N), 0.25)
-    prompt = np.stack([d.prompt() for d in docs])
-    with torch.no_grad():
-        want_logits, _ = model(torch.from_numpy(prompt))
-        want, _ = model.generate(torch.from_numpy(prompt), data.N_DIGITS)
-    sess = open_session(onnx_path, len(docs), 1)
-    got_logits = sess.feed(prompt)
-    got = sess.generate(data.N_DIGITS)
-    r = compare("logits ORT vs PyTorch", got_logits, want_logits.numpy(), tolerance_for("float32", OUTPUT_TOLERANCES))
-    if not r.ok or not np.array_equal(got, want[:, -data.N_DIGITS:].numpy()):
-        raise RuntimeError(f"ONNX Runtime disagrees with PyTorch on passkey documents: {r.message()}; greedy answers "
-                           f"{got.tolist()} vs {want[:, -data.N_DIGITS:].tolist()}")
-    return (f"ONNX Runtime vs PyTorch float32 on {len(docs)} passkey documents of {prompt.shape[1]} tokens: "
-            f"max |logit error| {r.max_abs:.1e}, {r.score:.3g}x the float32 tolerance; identical greedy answers")
 
 
 def export_onnx(ckpt: Path, control: bool = False, out_dir: Path = ONNX_DIR) -> Path:
@@ -87,12 +49,6 @@ def export_onnx(ckpt: Path, control: bool = False, out_dir: Path = ONNX_DIR) -> 
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     return export_checked(config, params, out)
-
-
-def open_session(onnx_path: Path, batch: int, threads: int | None = None):
-    from infini_attention.export import InfiniSession
-
-    return InfiniSession(onnx_path, provider="cpu", batch=batch, intra_op_threads=threads)
 
 
 def stream_docs(session, docs: list, progress=None) -> np.ndarray:
@@ -136,6 +92,12 @@ def evaluate_cell(session, length: int, depth: float, samples: int, seed: int, p
         "examples": [{"passkey": "".join(map(str, d.answer)), "answer": "".join(map(str, p))}
                      for d, p in zip(docs[:3], pred[:3])],
     }
+
+
+def _checkpoint_name(ckpt: Path) -> str:
+    """As the committed results name it ("checkpoints/passkey_linear.npz"), relative to the package's passkey/."""
+    home, path = CHECKPOINT_DIR.parent, Path(ckpt).resolve()
+    return str(path.relative_to(home)) if path.is_relative_to(home) else str(ckpt)
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -203,7 +165,7 @@ def main(argv=None) -> int:
         train_len = int(meta.get("train_length", 0)) or 256
         lengths = parse_lengths(args.lengths) if args.lengths else [train_len, 8 * train_len, 32768, 131072, 1 << 20]
         entry = {"command": command, "seed": args.seed, "machine": machine, "memory_off_beta": MEMORY_OFF_BETA,
-                 "checkpoint": str(ckpt.relative_to(HERE)) if ckpt.is_relative_to(HERE) else str(ckpt),
+                 "checkpoint": _checkpoint_name(ckpt),
                  "train_length": train_len, "config": config.to_dict(), "state_bytes": state_bytes(config),
                  "cells": []}
         out_json = args.out_dir / f"eval_{update}.json"

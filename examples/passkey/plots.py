@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import HERE, checkpoint_path, gate_values, load_checkpoint
+from infini_attention.export.passkey.model import checkpoint_path, gate_values, load_checkpoint
 
-RESULTS_DIR = HERE / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def plot_gates(out: Path, updates=("linear", "delta")) -> Path:

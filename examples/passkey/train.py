@@ -12,8 +12,9 @@ After the length curriculum, a share of the steps adds the memory of c times a f
 state at a segment boundary ("dilution augmentation", `forward_diluted`), so that 256-token
 documents teach the model what a million tokens of filler do to a memory read.
 
-The checkpoint (``checkpoints/passkey_{update}.npz``, float32, plus a sidecar ``.json``) and a
-training log (``results/train_{update}.json``) are written at the end; everything is seeded.
+The checkpoint (``export/passkey/checkpoints/passkey_{update}.npz``, the package data `infini demo`
+reads; float32, plus a sidecar ``.json``) and a training log (``results/train_{update}.json``) are
+written at the end; everything is seeded.
 """
 from __future__ import annotations
 
@@ -27,12 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from infini_attention.export.passkey import data
+from infini_attention.export.passkey.model import checkpoint_path, default_config, save_checkpoint
 from infini_attention.torch_impl import InfiniTransformerLM, TorchInfiniState
 
-from . import data
-from .model import HERE, checkpoint_path, default_config, save_checkpoint
-
-RESULTS_DIR = HERE / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # what produced the committed checkpoints (tuned per rule: see README.md, "Training")
 DILUTION_DEFAULTS = {"linear": {"dilute_frac": 0.6, "dilute_max": 8e6},
                      "delta": {"dilute_frac": 0.5, "dilute_max": 2e6}}
@@ -229,7 +229,8 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--eval-len", type=int, default=256, help="length of the quick validation (0: none)")
     p.add_argument("--time-budget", type=float, default=0, help="stop after this many seconds (0: none)")
-    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default checkpoints/passkey_{update}.npz)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint path (default export/passkey/checkpoints/passkey_{update}.npz)")
     p.add_argument("--log", type=Path, default=None, help="training log (default results/train_{update}.json)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
