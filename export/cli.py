@@ -129,8 +129,8 @@ def cmd_export(args) -> int:
     print(f"exported {r.kind} -> {r.path} ({r.path.stat().st_size / 2**20:.2f} MiB, {r.dtype}, state {r.state_dtype}, "
           f"model_id {r.model_id}, {r.seconds:.1f} s)")
     asked = "" if r.opset == args.opset else f" (--opset {args.opset} asked; the {r.exporter} exporter's minimum)"
-    print(f"graph: exporter {r.exporter}, opset {r.opset}{asked}; {r.nodes['total']} nodes (piece branch {r.nodes['piece']}, "
-          f"chunk branch {r.nodes['chunk']})")
+    print(f"graph: exporter {r.exporter}, opset {r.opset}{asked}; {r.nodes['total']} nodes (branches: inside a segment "
+          f"{r.nodes['inside']}, ending on a boundary {r.nodes['piece']}, longer {r.nodes['chunk']})")
     print(f"config: {json.dumps(config.to_dict())}")
     if r.checks:
         shown = [line for line in r.checks if "PyTorch implementation" in line] or r.checks[:2]

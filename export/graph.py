@@ -121,10 +121,16 @@ def _dynamo(module, config, example, names_in, names_out, opset) -> onnx.ModelPr
     table = {torch.ops.infini_attention.attend_past.default: attend_past_onnx,
              torch.ops.infini_attention.rotary.default: rotary_onnx,
              torch.ops.infini_attention.rotary_heads_first.default: rotary_heads_first_onnx}
-    program = torch.onnx.export(module, example, dynamo=True, input_names=names_in, output_names=names_out,
-                                dynamic_shapes={"first": {0: batch, 1: chunk}, "past_segments": None,
-                                                "past": tuple(past)},
-                                opset_version=max(opset, DYNAMO_MIN_OPSET), optimize=False, custom_translation_table=table, verbose=False)
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level, registry.level = registry.level, logging.ERROR
+    try:
+        program = torch.onnx.export(module, example, dynamo=True, input_names=names_in, output_names=names_out,
+                                    dynamic_shapes={"first": {0: batch, 1: chunk}, "past_segments": None,
+                                                    "past": tuple(past)},
+                                    opset_version=max(opset, DYNAMO_MIN_OPSET), optimize=False,
+                                    custom_translation_table=table, verbose=False)
+    finally:
+        registry.setLevel(level)
     model = program.model
     # The optimizer folds constant subgraphs, parameters included (sigmoid(beta), norms of ones): shown to it as
     # graph inputs they stay initializers under their names, which checkpoints and the conformance adapter need.
