@@ -143,6 +143,20 @@ def load_impl(spec: str) -> Implementation:
     return from_factory(spec, factory)
 
 
+def from_forward(forward: Callable, capabilities, name: str = "forward", **attrs) -> Implementation:
+    """An Implementation from one function ``forward(self, params, x, state=None) -> (y, state)``, where
+    ``self.config`` is the drawn config: the shortest way to check a function (the suite's own tests build
+    their broken implementations so). ``attrs`` become class attributes (e.g. ``config_pins``)."""
+    cls = type(name, (), {"capabilities": set(capabilities), "forward": forward, **attrs})
+
+    def make(config):
+        obj = cls()
+        obj.config = config
+        return obj
+    make.capabilities = set(capabilities)
+    return from_factory(name, make)
+
+
 def from_factory(spec: str, factory: Callable) -> Implementation:
     """An Implementation from a factory object (what ``load_impl`` does after the import)."""
     takes_dtype = _accepts_dtype(factory)

@@ -12,7 +12,10 @@ Exit status, for every command:
 - 1: what was checked failed (an export self-check, a conformance FAIL), with its report; or an
   internal error, one line (``--debug`` shows the traceback).
 - 2: a usage error: bad option, path or input (``infini CMD: error: ...``, one line); argparse's own too.
-- 3: ``infini check`` / ``infini conformance``: nothing was checked (every property not supported).
+- 3: ``infini check`` / ``infini conformance``: nothing was checked (every property not supported,
+  not applicable or inconclusive): "NOTHING CHECKED".
+- 4: ``infini check`` / ``infini conformance``: inconclusive: nothing failed and something passed, but
+  a property ran fewer than ``--min-examples`` examples.
 - 130: interrupted (Ctrl-C), one line.
 - 141: stdout was closed early (output piped to ``head``): nothing more is printed and the status
   is the one of a process killed by SIGPIPE, so a pipeline under ``set -o pipefail`` still sees
@@ -42,8 +45,9 @@ INSTALL = {
     "infini_transformer_pytorch": "infini-transformer-pytorch (pip install 'infini-attention[thirdparty]')",
 }
 EPILOG = ("exit status: 0 done (what was checked passed), 1 what was checked failed (or an internal error), "
-          "2 usage error, 3 nothing checked (conformance: every property not supported), 130 interrupted, "
-          "141 output closed early (piped to head). --debug (before or after COMMAND) shows tracebacks.")
+          "2 usage error, 3 nothing checked (conformance), 4 inconclusive (conformance: too few examples), "
+          "130 interrupted, 141 output closed early (piped to head). --debug (before or after COMMAND) shows "
+          "tracebacks.")
 
 
 class _Parser(argparse.ArgumentParser):

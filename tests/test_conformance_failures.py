@@ -5,7 +5,7 @@ import pytest
 
 from infini_attention import reference as R
 from infini_attention.conformance import NotSupported
-from infini_attention.conformance.contract import UsageError, from_factory, load_impl
+from infini_attention.conformance.contract import UsageError, from_factory, from_forward, load_impl
 from infini_attention.conformance.properties import PROPERTIES, Settings
 from infini_attention.conformance.runner import ERROR, FAIL, PASS, UNSUPPORTED, run_property, run_suite
 
@@ -14,14 +14,7 @@ CAPS = {"delta", "gqa", "rope", "chunked", "canonical_state", "float64"}
 
 
 def impl_of(forward, caps=CAPS, **attrs):
-    cls = type("Impl", (), {"capabilities": caps, "forward": forward, **attrs})
-
-    def make(config):
-        obj = cls()
-        obj.config = config
-        return obj
-    make.capabilities = caps
-    return from_factory("test-impl", make)
+    return from_forward(forward, caps, "test-impl", **attrs)
 
 
 def ref_forward(self, params, x, state=None):

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from infini_attention import reference as R
-from infini_attention.conformance.contract import from_factory
+from infini_attention.conformance.contract import from_forward
 from infini_attention.conformance.properties import PROPERTIES, Settings
 from infini_attention.conformance.runner import (EXIT_INCONCLUSIVE, FAIL, INCONCLUSIVE, NOTHING_CHECKED, PASS,
                                                  exit_code, run_property, run_suite)
@@ -16,15 +16,8 @@ from infini_attention.reference.cli import main
 CAPS = {"chunked", "canonical_state", "float64"}
 
 
-def impl_of(forward, caps=CAPS):
-    cls = type("Impl", (), {"capabilities": caps, "forward": forward})
-
-    def make(config):
-        obj = cls()
-        obj.config = config
-        return obj
-    make.capabilities = caps
-    return from_factory("test-impl", make)
+def impl_of(forward, caps=CAPS, **attrs):
+    return from_forward(forward, caps, "test-impl", **attrs)
 
 
 def ref_forward(self, params, x, state=None):
