@@ -45,8 +45,10 @@ DECODE_FORM = inside_piece  # the inside branch from opset 23 on (its RoPE and a
 class GraphStep(nn.Module):
     """(first input, past_segments, per-layer key, value, M, z) -> (output, present_segments, per-layer ...).
 
-    ``model``: a torch_impl model in the compute dtype (``InfiniAttention``: x in, y out; ``InfiniTransformerLM``:
-    input_ids in, logits out). Per-layer tensors follow io_spec's order: key, value, M, z."""
+    ``model``: a torch model of the streaming protocol in the compute dtype (``torch_impl/protocol.py``;
+    ``InfiniAttention``: x in, y out; ``InfiniTransformerLM`` and other token models: input_ids in, logits out).
+    Per-layer tensors follow io_spec's order: key, value, M, z; layer i's state goes to the model's i-th
+    InfiniAttention (module order)."""
 
     def __init__(self, model: nn.Module, output_dtype: torch.dtype):
         super().__init__()

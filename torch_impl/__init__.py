@@ -8,8 +8,9 @@ Llama-family models converted (``from_hf``).
 from .hf import from_hf, lm_from_hf
 from .layer import PARAM_NAMES, InfiniAttention
 from .lm import InfiniTransformerLM, SwiGLU, rms_norm
+from .protocol import model_config
 from .state import TorchInfiniState
 from .streaming import attention_layers, model_from_numpy, model_step, piece_mode, run_chunks
 
-__all__ = ["InfiniAttention", "InfiniTransformerLM", "TorchInfiniState", "SwiGLU", "rms_norm", "run_chunks",
+__all__ = ["model_config", "InfiniAttention", "InfiniTransformerLM", "TorchInfiniState", "SwiGLU", "rms_norm", "run_chunks",
            "PARAM_NAMES", "attention_layers", "model_from_numpy", "model_step", "piece_mode", "from_hf", "lm_from_hf"]

@@ -1,0 +1,82 @@
+"""`infini export --module PKG.MOD:BUILD [--checkpoint W.safetensors]`: a user's model, built by their code.
+
+``BUILD`` is a callable of no arguments returning the model (an ``nn.Module`` of the streaming protocol,
+``torch_impl/protocol.py``), or the module object itself. The module is imported as ``python -m`` would (the
+working directory first on ``sys.path``). `load_weights` copies a safetensors file of the model's own
+``state_dict`` names into it (``safetensors.torch.save_model(model, path)`` writes one; tied weights are
+stored once). Every failure is one line naming the option, what was expected and what came.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from ..reference.errors import UsageError
+
+
+def build_model(spec: str):
+    """The model ``spec`` (``module:attribute``) builds; UsageError naming what is missing."""
+    import torch.nn as nn
+
+    where = f"--module {spec!r}"
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise UsageError(f"--module: expected MODULE:ATTRIBUTE (e.g. my_pkg.models:build), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: a module beside the user imports
+    try:
+        obj = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"{where}: expected an importable module, cannot import {mod_name!r} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
+        raise UsageError(f"{where}: importing {mod_name!r} raised {type(exc).__name__}: {_first(exc)}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{where}: expected {mod_name!r} to define {attr!r}, it has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise UsageError(f"{where}: expected a callable returning the model (or the model), got {type(obj).__name__}")
+    try:
+        model = obj()
+    except Exception as exc:  # noqa: BLE001 - the user's builder
+        raise UsageError(f"{where}: {attr}() raised {type(exc).__name__}: {_first(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{where}: expected {attr}() to return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def load_weights(model, path, option: str = "--checkpoint") -> None:
+    """Copy the tensors of the safetensors file ``path`` into ``model`` by its ``state_dict`` names. Every name of
+    the model must be there (one of a group of tied names is enough), none other, each of its shape; nothing is
+    copied unless all are. ValueError naming the file and the tensor."""
+    import torch
+
+    from ..torch_impl.pretrained import read_file
+
+    _, tensors = read_file(path)  # a corrupt or truncated file: one line naming it
+    where = f"{option} {str(path)!r}"
+    state = model.state_dict()
+    tied: dict = {}
+    for name, t in state.items():
+        tied.setdefault((t.data_ptr(), tuple(t.shape), t.dtype), []).append(name)
+    missing = [names[0] for names in tied.values() if not any(n in tensors for n in names)]
+    unexpected = sorted(set(tensors) - set(state))
+    if missing or unexpected:
+        raise ValueError(f"{where}: expected the model's {len(state)} state_dict tensors, missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(state[name].shape):
+            raise ValueError(f"{where}: tensor {name!r}: expected shape {tuple(state[name].shape)}, got "
+                             f"{tuple(t.shape)}")
+        if t.is_floating_point() != state[name].is_floating_point():
+            raise ValueError(f"{where}: tensor {name!r}: expected dtype {state[name].dtype}, got {t.dtype}")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            state[name].copy_(t)  # state_dict tensors share the parameters' storage
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
