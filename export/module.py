@@ -1,8 +1,8 @@
 """`infini export --module PKG.MOD:BUILD [--checkpoint W.safetensors]`: a user's model, built by their code.
 
 ``BUILD`` is a callable of no arguments returning the model (an ``nn.Module`` of the streaming protocol,
-``torch_impl/protocol.py``), or the module object itself. The module is imported as ``python -m`` would (the
-working directory first on ``sys.path``). `load_weights` copies a safetensors file of the model's own
+``torch_impl/protocol.py``), or the module object itself. ``PKG.MOD`` is imported as ``python -m`` would (the
+working directory first on ``sys.path``), or is a path to a ``.py`` file. `load_weights` copies a safetensors file of the model's own
 ``state_dict`` names into it (``safetensors.torch.save_model(model, path)`` writes one; tied weights are
 stored once). Every failure is one line naming the option, what was expected and what came.
 """
@@ -26,8 +26,8 @@ def build_model(spec: str):
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does: a module beside the user imports
     try:
-        obj = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
+        obj = _import_file(mod_name) if mod_name.endswith(".py") else importlib.import_module(mod_name)
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
         raise UsageError(f"{where}: expected an importable module, cannot import {mod_name!r} ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
         raise UsageError(f"{where}: importing {mod_name!r} raised {type(exc).__name__}: {_first(exc)}") from None
@@ -76,6 +76,19 @@ def load_weights(model, path, option: str = "--checkpoint") -> None:
     with torch.no_grad():
         for name, t in tensors.items():
             state[name].copy_(t)  # state_dict tensors share the parameters' storage
+
+
+def _import_file(path: str):
+    """The module of a ``.py`` file (``--module path/to/models.py:build``), under its file's stem."""
+    import importlib.util
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such file {path!r}")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _first(exc: BaseException) -> str:

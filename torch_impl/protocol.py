@@ -125,10 +125,13 @@ def _probe(model, layers, takes_tokens: bool, width: int, where: str) -> int:
         got = f"{len(new)} items" if isinstance(new, (list, tuple)) else type(new).__name__
         raise ValueError(f"{where}: forward: expected the returned states to be a list of {len(layers)} (one per "
                          f"InfiniAttention), got {got}")
+    returned_by = {id(calls[id(m)][0][1]): names[id(m)] for m in layers}
     for i, m in enumerate(layers):
         if not isinstance(new[i], TorchInfiniState) or new[i] is not calls[id(m)][0][1]:
+            got = (f"the state of InfiniAttention {returned_by[id(new[i])]!r}" if id(new[i]) in returned_by
+                   else f"a {type(new[i]).__name__} no layer returned")
             raise ValueError(f"{where}: forward: returned states[{i}]: expected the state InfiniAttention "
-                             f"{names[id(m)]!r} returned, got {type(new[i]).__name__}")
+                             f"{names[id(m)]!r} returned (states are in module order), got {got}")
     if not isinstance(out, torch.Tensor) or out.ndim != 3 or tuple(out.shape[:2]) != (B, T) \
             or not out.is_floating_point():
         got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
