@@ -1,8 +1,8 @@
 """`infini export --module PKG.MOD:BUILD [--checkpoint W.safetensors]`: a user's model, built by their code.
 
 ``BUILD`` is a callable of no arguments returning the model (an ``nn.Module`` of the streaming protocol,
-``torch_impl/protocol.py``), or the module object itself. ``PKG.MOD`` is imported as ``python -m`` would (the
-working directory first on ``sys.path``), or is a path to a ``.py`` file. `load_weights` copies a safetensors file of the model's own
+``torch_impl/protocol.py``), or the module object itself. ``PKG.MOD`` is imported from the installed packages or,
+as ``python -m`` would find it, from the working directory; or it is a path to a ``.py`` file. `load_weights` copies a safetensors file of the model's own
 ``state_dict`` names into it (``safetensors.torch.save_model(model, path)`` writes one; tied weights are
 stored once). Every failure is one line naming the option, what was expected and what came.
 """
@@ -23,10 +23,8 @@ def build_model(spec: str):
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise UsageError(f"--module: expected MODULE:ATTRIBUTE (e.g. my_pkg.models:build), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: a module beside the user imports
     try:
-        obj = _import_file(mod_name) if mod_name.endswith(".py") else importlib.import_module(mod_name)
+        obj = _import_file(mod_name) if mod_name.endswith(".py") else _import(mod_name)
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         raise UsageError(f"{where}: expected an importable module, cannot import {mod_name!r} ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - the user's module raised while importing
@@ -76,6 +74,25 @@ def load_weights(model, path, option: str = "--checkpoint") -> None:
     with torch.no_grad():
         for name, t in tensors.items():
             state[name].copy_(t)  # state_dict tensors share the parameters' storage
+
+
+def _import(name: str):
+    """importlib.import_module, and where the top-level package is not installed, found in the working directory
+    (as ``python -m`` finds it) without changing the import path."""
+    import importlib.machinery
+    import importlib.util
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        top = name.split(".")[0]
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()]) if exc.name == top else None
+        if spec is None:
+            raise
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(name)
 
 
 def _import_file(path: str):
