@@ -149,7 +149,8 @@ def _report(args, r) -> int:
     print(f"config: {json.dumps(config.to_dict())}")
     if r.checks:
         shown = [line for line in r.checks if "PyTorch implementation" in line] or r.checks[:2]
-        print(f"self-check: {len(r.checks)} comparisons against the reference passed, e.g.\n  " + "\n  ".join(shown))
+        against = "the reference" if r.kind != "model" else "the model's own forward in float64"
+        print(f"self-check: {len(r.checks)} comparisons against {against} passed, e.g.\n  " + "\n  ".join(shown))
     if args.show_io:
         print(markdown_table(config, args.dtype, args.state_dtype))
     return 0

@@ -1,7 +1,8 @@
 """PyTorch implementation of Infini-attention (matches infini_attention.reference, SPEC.md).
 
 ``layer.py`` is the fast, trainable layer; ``naive.py`` the plain per-segment form it is tested against
-(and that the ONNX export traces); ``streaming.py`` the protocol shared by the layer and the LM;
+(and that the ONNX export traces); ``streaming.py`` the protocol shared by the layer and the LM, ``protocol.py``
+checking that any other model follows it (what ``infini export --module`` exports);
 ``pretrained.py`` safetensors checkpoints (``save_pretrained`` / ``from_pretrained``); ``hf.py`` Hugging Face
 Llama-family models converted (``from_hf``).
 """
