@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_onnx import _Timer
+from bench_onnx import _Timer, time_ort, time_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples/ (a benchmark script, not the package)
@@ -99,29 +99,9 @@ def timings(sess, model, ids: np.ndarray, N: int, decode: int, repeats: int) -> 
     start = (S + 1) * N  # one segment first (a non-empty memory), S in one call, then decoding
     tids = torch.from_numpy(ids)
     timers = collections.defaultdict(_Timer)
-
-    def ort():
-        sess.reset(1)
-        sess.feed(ids[:, :N], outputs="none")
-        timers["ORT", "prefill"].run(lambda: sess.feed(ids[:, N:start], outputs="none"), S * N)
-        timers["ORT", "decode"].run(lambda: [sess.feed(ids[:, i:i + 1], outputs="last")
-                                             for i in range(start, start + decode)], decode)
-
-    def eager():
-        with torch.inference_mode():
-            box = {"st": model(tids[:, :N])[1]}
-            timers["PyTorch", "prefill"].run(lambda: box.update(st=model(tids[:, N:start], box["st"])[1]), S * N)
-
-            def steps():
-                s = box["st"]
-                for i in range(start, start + decode):
-                    _, s = model(tids[:, i:i + 1], s)
-
-            timers["PyTorch", "decode"].run(steps, decode)
-
     for _ in range(repeats):  # interleaved: other processes' load hits both engines alike
-        ort()
-        eager()
+        time_ort(sess, ids, N, start, decode, timers, "ORT", S * N)
+        time_torch(model, tids, N, start, decode, timers, "PyTorch", S * N)
     rows = {}
     for name in ("ORT", "PyTorch"):
         pre, dec = timers[name, "prefill"].best(), timers[name, "decode"].best()
