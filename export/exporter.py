@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,9 +120,8 @@ def _export(config, params: dict, build, reference, path, *, dtype, opset, check
             try:
                 graphs[branch] = traced(config, params, build, dtype, state_dtype, form, exporter, opset, cache)
             except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as the export's
-                first = (str(exc).strip().splitlines() or [""])[0][:400]
                 raise ExportError(f"exporter {exporter!r} (opset {opset}) could not export the {kind}'s {form} form: "
-                                  f"{type(exc).__name__}: {first}"
+                                  f"{_cause(exc)}"
                                   + ("; try --exporter torchscript --opset 17" if exporter == "dynamo" else
                                      "; try --exporter dynamo")) from exc
         model = compose(graphs, config, dtype, state_dtype, set(params))
@@ -151,6 +151,19 @@ def _export(config, params: dict, build, reference, path, *, dtype, opset, check
             tmp.unlink()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception's first line, and its root cause's where it has one (torch.onnx wraps what failed in
+    "Failed to export the model with torch.export ..."), without terminal colour codes."""
+    def line(e):
+        return re.sub(r"\x1b\[[0-9;]*m", "", (str(e).strip().splitlines() or [""])[0])[:300]
+
+    root = exc
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    text = f"{type(exc).__name__}: {line(exc)}"
+    return text if root is exc else f"{text} (root cause {type(root).__name__}: {line(root)})"
 
 
 def traced_form(branch: str, N: int) -> str:

@@ -65,8 +65,18 @@ class GraphStep(nn.Module):
         out, states = model_step(self.model, first, states)
         present = []
         for st in states:
-            present += [st.k.float(), st.v.float(), st.M, st.z]  # (B, Hkv, n', d) ..., M, z (state dtype)
+            present += [_float32(st.k), _float32(st.v), st.M, st.z]  # (B, Hkv, n', d) ..., M, z (state dtype)
         return (out.to(self.output_dtype), states[0].segments.reshape(()), *present)
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """``t.float()`` of pending keys/values, cast flat. After a call that ends on a boundary their length is
+    symbolic with an example of 0, and torch.export's stride rule for a cast of a 4-D tensor (which keeps its
+    memory format) then takes a modulo by that 0 where strides tie (n_kv_heads = 1): a ZeroDivisionError that
+    failed every float16 export of such a layer. A 1-D cast needs no stride rule."""
+    if t.dtype == torch.float32:
+        return t
+    return t.contiguous().reshape(-1).float().reshape(t.shape)  # (B*Hkv*n*d,) -> (B, Hkv, n, d)
 
 
 def attention_kind(opset: int) -> str:

@@ -10,8 +10,8 @@ layer, 0 .. n_layers-1 (a single-layer export has i = 0 only). Graph order: the 
 Three kinds of model (the config's ``kind``): ``lm`` (SPEC.md §9), ``layer`` (one attention layer) and
 ``model``: any other streaming model built on the layers (``ModelConfig``; e.g. a LayerNorm/GELU model,
 or a converted checkpoint). A model that takes token ids has the ``input_ids`` / ``logits`` rows, one that
-takes vectors the ``x`` / ``y`` rows; ``d_model`` and ``vocab_size`` there are the model's input width and
-output width. Each layer's state rows take that layer's own n_kv_heads, d_key, d_value (layers of one
+takes vectors the ``x`` / ``y`` rows, with its own widths: ``x``'s last dim is its input width, ``y``'s and
+``logits``' its output width (for the spec's models d_model, d_model and vocab_size). Each layer's state rows take that layer's own n_kv_heads, d_key, d_value (layers of one
 ``model`` may differ in them; they share segment_len).
 
 | name                        | dir | shape                                    | dtype   | meaning |

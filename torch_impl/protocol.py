@@ -50,8 +50,9 @@ def model_config(model, name: str = ""):
     if not layers:
         raise ValueError(f"{where}: expected at least one torch_impl.InfiniAttention among its modules, found none "
                          f"(its modules: {sorted({type(m).__name__ for m in model.modules()})[:6]})")
-    if isinstance(model, (InfiniAttention, InfiniTransformerLM)):
-        return model.config  # the spec's own models: the spec's configs describe them
+    if isinstance(model, InfiniAttention) or (isinstance(model, InfiniTransformerLM)
+                                              and type(model).forward is InfiniTransformerLM.forward):
+        return model.config  # the spec's own models: the spec's configs describe them (a subclass's own forward not)
     lengths = [m.config.segment_len for m in layers]
     if len(set(lengths)) > 1:
         raise ValueError(f"{where}: expected one segment_len for all its InfiniAttention layers (a stream is cut into "
@@ -63,7 +64,11 @@ def model_config(model, name: str = ""):
 
 
 def _declared_input(model, where: str) -> tuple[bool, int]:
+    from .lm import InfiniTransformerLM
+
     vocab, d_input = getattr(model, "vocab_size", None), getattr(model, "d_input", None)
+    if vocab is None and d_input is None and isinstance(model, InfiniTransformerLM):
+        vocab = model.config.vocab_size  # a subclass of the spec's LM with a forward of its own
     if (vocab is None) == (d_input is None):
         got = "both" if vocab is not None else "neither"
         raise ValueError(f"{where}: expected one attribute declaring its input, vocab_size (token ids) or d_input "
