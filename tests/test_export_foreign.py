@@ -309,3 +309,19 @@ def test_readme_example_module_exports_and_streams(tmp_path, capsys):
     sess = InfiniSession(tmp_path / "custom.onnx", provider="cpu")
     for split in ([40], [15, 1, 1, 23]):  # N = 16: within, across and exactly on boundaries
         _assert_stream(sess, build_model(f"{example}:build"), _inputs(sess.config, 1, 40, 0), split)
+
+
+def test_module_is_found_in_the_working_directory(tmp_path, monkeypatch):
+    """`--module my_pkg.models:build` finds a package beside the user, as `python -m` would, without sys.path."""
+    from infini_attention.export.module import build_model
+
+    (tmp_path / "my_pkg_infini_test").mkdir()
+    (tmp_path / "my_pkg_infini_test" / "__init__.py").write_text("")
+    (tmp_path / "my_pkg_infini_test" / "models.py").write_text(
+        "import torch.nn as nn\n\ndef build():\n    return nn.Linear(3, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    model = build_model("my_pkg_infini_test.models:build")
+    assert isinstance(model, nn.Linear) and model.out_features == 2 and sys.path == path_before
+    for name in ("my_pkg_infini_test.models", "my_pkg_infini_test"):
+        sys.modules.pop(name)
