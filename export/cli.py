@@ -217,9 +217,11 @@ def cmd_stream(args) -> int:
     sess = open_session(args.model, args.provider, args.batch, args.chunk)
     print(f"model {args.model}: {sess.kind}, model_id {sess.model_id}; {sess.provider_used} ({sess.provider_reason})")
     if args.top_k is not None and sess.config.takes_tokens and args.top_k > sess.config.output_width:
-        raise UsageError(f"--top-k: expected an integer in [1, {sess.config.output_width}] (vocab_size), got {args.top_k}")
+        raise UsageError(f"--top-k: expected an integer in [1, {sess.config.output_width}] (vocab_size), got "
+                         f"{args.top_k}")
     if args.then_generate and not sess.config.takes_tokens:
-        raise UsageError(f"--then-generate: expected 0 for a single-layer model (it has no tokens to emit), got "
+        what = "a single-layer model" if sess.kind == "layer" else "a model that takes vectors"
+        raise UsageError(f"--then-generate: expected 0 for {what} (it has no tokens to emit), got "
                          f"{args.then_generate}")
     if args.resume:
         sess.load_state(args.resume)

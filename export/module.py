@@ -1,14 +1,13 @@
 """`infini export --module PKG.MOD:BUILD [--checkpoint W.safetensors]`: a user's model, built by their code.
 
 ``BUILD`` is a callable of no arguments returning the model (an ``nn.Module`` of the streaming protocol,
-``torch_impl/protocol.py``), or the module object itself. ``PKG.MOD`` is imported from the installed packages or,
-as ``python -m`` would find it, from the working directory; or it is a path to a ``.py`` file. `load_weights` copies a safetensors file of the model's own
-``state_dict`` names into it (``safetensors.torch.save_model(model, path)`` writes one; tied weights are
+``torch_impl/protocol.py``), or the module object itself. ``PKG.MOD`` is imported from the installed packages
+or, as ``python -m`` would find it, from the working directory; or it is a path to a ``.py`` file.
+`load_weights` copies a safetensors file of the model's own ``state_dict`` names into it (``safetensors.torch.save_model(model, path)`` writes one; tied weights are
 stored once). Every failure is one line naming the option, what was expected and what came.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 

@@ -193,9 +193,10 @@ class InfiniSession:
         each fed back one call per token. temperature 0: greedy (argmax); > 0: sampled from
         softmax(logits / temperature), restricted to the ``top_k`` best if given."""
         if not self.config.takes_tokens or self.config.output_width > self.config.input_width:
+            takes = "token ids" if self.config.takes_tokens else "vectors"
             raise ValueError(f"generate: expected a model that takes token ids and returns logits over them, this "
-                             f"file is a {self.kind} model taking {'token ids' if self.config.takes_tokens else 'vectors'} "
-                             f"(width {self.config.input_width}) to width {self.config.output_width}")
+                             f"file is a {self.kind} model taking {takes} (width {self.config.input_width}) to width "
+                             f"{self.config.output_width}")
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):

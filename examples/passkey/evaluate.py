@@ -125,7 +125,8 @@ def samples_for(length: int, args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--update", choices=["linear", "delta", "both"], default="both")
-    p.add_argument("--checkpoint", type=Path, default=None, help="evaluate this checkpoint (.safetensors, or an older .npz) instead (one update)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="evaluate this checkpoint (.safetensors, or an older .npz) instead (one update)")
     p.add_argument("--lengths", default=None, help="comma list, e.g. 256,2048,32K,128K,1M "
                    "(default: training length, 8x, 32K, 128K, 1M)")
     p.add_argument("--depths", default="start,middle,end")
