@@ -87,6 +87,32 @@ class _Timer:
         return 1e3 * min(self.wall), 1e3 * min(self.cpu)
 
 
+def time_ort(sess, ids, N: int, start: int, decode_tokens: int, timers, name: str, units: int) -> None:
+    """One timed run of an InfiniSession: one segment first (so the prefill reads a non-empty memory), the prefill
+    ids[:, N:start] in one call (per ``units``), then ``decode_tokens`` one per call."""
+    sess.reset(1)
+    sess.feed(ids[:, :N], outputs="none")
+    timers[name, "prefill"].run(lambda: sess.feed(ids[:, N:start], outputs="none"), units)
+    timers[name, "decode"].run(lambda: [sess.feed(ids[:, i:i + 1], outputs="last")
+                                        for i in range(start, start + decode_tokens)], decode_tokens)
+
+
+def time_torch(model, tids, N: int, start: int, decode_tokens: int, timers, name: str, units: int) -> None:
+    """`time_ort` for the PyTorch model (eager, inference mode)."""
+    import torch
+
+    with torch.inference_mode():
+        box = {"st": model(tids[:, :N])[1]}
+        timers[name, "prefill"].run(lambda: box.update(st=model(tids[:, N:start], box["st"])[1]), units)
+
+        def decode():
+            s = box["st"]
+            for i in range(start, start + decode_tokens):
+                _, s = model(tids[:, i:i + 1], s)
+
+        timers[name, "decode"].run(decode, decode_tokens)
+
+
 def bench_speed(threads: int, repeats: int, decode_tokens: int, files: dict) -> dict:
     import torch
 
@@ -104,30 +130,10 @@ def bench_speed(threads: int, repeats: int, decode_tokens: int, files: dict) -> 
     timers = collections.defaultdict(_Timer)
     start = (S + 1) * N  # decoding starts on a segment boundary: n runs 0 .. decode_tokens - 1
 
-    def ort(sess, name):
-        sess.reset(1)
-        sess.feed(ids[:, :N], outputs="none")  # one segment first, so the prefill reads a non-empty memory
-        timers[name, "prefill"].run(lambda: sess.feed(ids[:, N:start], outputs="none"), S)
-        timers[name, "decode"].run(lambda: [sess.feed(ids[:, i:i + 1], outputs="last")
-                                            for i in range(start, start + decode_tokens)], decode_tokens)
-
-    def eager():
-        with torch.inference_mode():
-            _, st = model(tids[:, :N])
-            box = {}
-            timers["torch", "prefill"].run(lambda: box.update(st=model(tids[:, N:start], st)[1]), S)
-
-            def decode():
-                s = box["st"]
-                for i in range(start, start + decode_tokens):
-                    _, s = model(tids[:, i:i + 1], s)
-
-            timers["torch", "decode"].run(decode, decode_tokens)
-
     for _ in range(repeats):  # interleaved: other processes' load hits every engine alike
         for name, sess in sessions.items():
-            ort(sess, name)
-        eager()
+            time_ort(sess, ids, N, start, decode_tokens, timers, name, S)
+        time_torch(model, tids, N, start, decode_tokens, timers, "torch", S)
     t_pre, t_dec = timers["torch", "prefill"].best(), timers["torch", "decode"].best()
     rows = {"torch": {"prefill_ms_per_segment": t_pre, "decode_ms_per_token": t_dec}}
     print(f"\n2. speed, {threads} thread(s) each: 'small' LM, float32, batch 1, CPU; prefill of {S} segments "

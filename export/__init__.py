@@ -1,6 +1,7 @@
 """ONNX export of Infini-attention with explicit state, and streaming in ONNX Runtime (issue 4).
 
     export(config, params, "model.onnx")       -> checked file (exporter.py; I/O table: reference/io_spec.py)
+    export_model(my_model, "model.onnx")       -> any torch model of the streaming protocol (torch_impl/protocol.py)
     InfiniSession("model.onnx").feed(tokens)   -> logits, any split, constant memory (session.py)
 
 Names are imported lazily so that the runtime side (session.py) never imports torch.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "export": "exporter", "ExportError": "exporter", "ExportResult": "exporter",
+    "export": "exporter", "export_model": "exporter", "ExportError": "exporter", "ExportResult": "exporter",
     "InfiniSession": "session", "PRESETS": "presets", "preset_config": "presets", "preset_params": "presets",
     "cuda_status": "providers", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
 }

@@ -113,7 +113,7 @@ def model_metadata(sess, path) -> dict:
                 for s in io_spec.specs(config, out["compute_dtype"], out["state_dtype"])]
     actual = [(a.name, [d if isinstance(d, int) else str(d) for d in a.shape], _ORT_DTYPES.get(a.type, a.type))
               for a in list(sess.get_inputs()) + list(sess.get_outputs())]
-    if config.attn.segment_len == 1:  # present_len = (past_len + chunk) mod 1 is 0 for every call: ORT may say so
+    if config.segment_len == 1:  # present_len = (past_len + chunk) mod 1 is 0 for every call: ORT may say so
         actual = [(name, ["present_len" if d == 0 and "present_len" in want[1] and i == 2 else d
                           for i, d in enumerate(dims)], dtype)
                   for (name, dims, dtype), want in zip(actual, expected + [("", [], "")] * len(actual))]
@@ -129,14 +129,15 @@ def check_chunk(sess, chunk) -> np.ndarray:
     """LM: int64 ids (B, T) in [0, vocab); layer: x (B, T, D) in the compute dtype."""
     B = sess.batch
     arr = np.asarray(chunk)
-    if sess.kind == "lm":
+    if sess.config.takes_tokens:
         if arr.ndim == 1 and B == 1:
             arr = arr[None]
-        check_token_ids(sess.config.vocab_size, arr, "input_ids", batch=B)
+        check_token_ids(sess.config.input_width, arr, "input_ids", batch=B)
         return arr.astype(np.int64, copy=False)
-    D = sess.attn.d_model
+    D = sess.config.input_width
+    width = "d_model" if sess.kind == "layer" else "d_input"
     if arr.ndim != 3 or arr.shape[2] != D or not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"x: expected a float array of shape (batch={B}, T, d_model={D}), got {arr.dtype} "
+        raise ValueError(f"x: expected a float array of shape (batch={B}, T, {width}={D}), got {arr.dtype} "
                          f"{tuple(arr.shape)}")
     _check_batch("x", arr, B)
     if not np.all(np.isfinite(arr)):
@@ -167,10 +168,10 @@ def check_state_arrays(sess, arrays) -> None:
     k0 = np.asarray(arrays[sess._key0])
     n = check_pending(f"state {sess._key0!r}", k0.shape, sess.attn)
     B = k0.shape[0]
-    a = sess.attn
     for spec in sess.state_specs[1:]:
         arr = np.asarray(arrays[spec.name])
         want = concrete(spec.dims, B, n)
+        a = sess.config.layer_configs[spec.layer]
         if arr.shape != want or arr.dtype != np.dtype(spec.dtype):
             raise ValueError(f"state {spec.name!r}: expected {spec.dtype} {want} for this model (batch={B}, "
                              f"pending n={n}, n_kv_heads={a.n_kv_heads}, d_key={a.d_key}, d_value={a.d_value}), "

@@ -4,6 +4,7 @@ and error policy are ``reference/cli.py``).
 
     infini export --preset tiny -o tiny.onnx                 # built-in preset, random weights
     infini export --checkpoint model_dir -o model.onnx       # save_pretrained dir / .safetensors / .pt / .npz
+    infini export --module my_pkg.models:build --checkpoint w.safetensors -o m.onnx   # your own model
     infini stream tiny.onnx --generate 1000000               # generated input, any length
     infini stream model.onnx --tokens ids.npy --save-state s.npz   # a file of token ids
     infini stream model.onnx --tokens ids.npy --resume s.npz --save-state s.npz
@@ -29,12 +30,15 @@ DEMO_QUICK = {"length": 8192, "every": 2048, "tokens": 65536, "stream_every": 16
 
 def register(subparsers) -> None:
     """Add the export, stream and demo subcommands; each sets ``func(args) -> exit code``."""
-    p = subparsers.add_parser("export", help="export a layer or the LM to ONNX (checked against the reference)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, help="built-in preset: tiny, small or paper (default tiny)")
-    src.add_argument("--checkpoint", metavar="DIR_OR_FILE",
-                     help="a save_pretrained directory (config.json + model.safetensors), a .safetensors file with "
-                          "its config in the metadata (export.checkpoint.save_checkpoint), or an older .pt / .npz")
+    p = subparsers.add_parser("export", help="export a layer, the LM or your own model to ONNX (self-checked)")
+    p.add_argument("--preset", default=None, help="built-in preset: tiny, small or paper (default tiny)")
+    p.add_argument("--checkpoint", metavar="DIR_OR_FILE",
+                   help="a save_pretrained directory (config.json + model.safetensors), a .safetensors file with "
+                        "its config in the metadata (export.checkpoint.save_checkpoint), or an older .pt / .npz; "
+                        "with --module: a .safetensors of the model's state_dict (safetensors.torch.save_model)")
+    p.add_argument("--module", metavar="PKG.MOD:BUILD",
+                   help="your model: BUILD() returns an nn.Module of the streaming protocol (forward(inputs, "
+                        "states) -> (outputs, states); README 'Bring your model')")
     p.add_argument("--kind", choices=["lm", "layer"], default="lm", help="with --preset: the LM or one layer")
     p.add_argument("-o", "--output", help="the .onnx file (default: PRESET-KIND.onnx)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
@@ -100,7 +104,6 @@ def register(subparsers) -> None:
 
 def cmd_export(args) -> int:
     from .exporter import ExportError, check_options, export
-    from ..reference.io_spec import markdown_table
     from .presets import preset_config, preset_params
 
     try:
@@ -109,6 +112,11 @@ def cmd_export(args) -> int:
         option, _, rest = str(exc).partition(":")  # "opset: expected ..." -> "--opset: expected ..."
         raise UsageError(f"--{option.replace('_', '-')}:{rest}") from None
 
+    if args.preset and (args.checkpoint or args.module):
+        raise UsageError(f"--preset: expected no --checkpoint or --module with it, got --preset {args.preset!r} and "
+                         f"{'--module' if args.module else '--checkpoint'}")
+    if args.module:
+        return _export_module(args)
     if args.checkpoint:
         name = Path(args.checkpoint).stem or "model"
         check_output_path("-o/--output", args.output or f"{name}.onnx")
@@ -126,6 +134,13 @@ def cmd_export(args) -> int:
     except ExportError as exc:
         print(f"infini export: FAILED: {exc}", file=sys.stderr)
         return 1
+    return _report(args, r)
+
+
+def _report(args, r) -> int:
+    from ..reference.io_spec import markdown_table
+
+    config = r.config
     print(f"exported {r.kind} -> {r.path} ({r.path.stat().st_size / 2**20:.2f} MiB, {r.dtype}, state {r.state_dtype}, "
           f"model_id {r.model_id}, {r.seconds:.1f} s)")
     asked = "" if r.opset == args.opset else f" (--opset {args.opset} asked; the {r.exporter} exporter's minimum)"
@@ -134,10 +149,31 @@ def cmd_export(args) -> int:
     print(f"config: {json.dumps(config.to_dict())}")
     if r.checks:
         shown = [line for line in r.checks if "PyTorch implementation" in line] or r.checks[:2]
-        print(f"self-check: {len(r.checks)} comparisons against the reference passed, e.g.\n  " + "\n  ".join(shown))
+        against = "the reference" if r.kind != "model" else "the model's own forward in float64"
+        print(f"self-check: {len(r.checks)} comparisons against {against} passed, e.g.\n  " + "\n  ".join(shown))
     if args.show_io:
         print(markdown_table(config, args.dtype, args.state_dtype))
     return 0
+
+
+def _export_module(args) -> int:
+    """`infini export --module`: build the user's model, load --checkpoint into it, export (export_model)."""
+    from .exporter import ExportError, export_model
+    from .module import build_model, load_weights
+
+    name = Path(args.checkpoint).stem if args.checkpoint else args.module.rpartition(":")[2]
+    out = args.output or f"{name or 'model'}.onnx"
+    check_output_path("-o/--output", out)
+    model = build_model(args.module)
+    if args.checkpoint:
+        load_weights(model, args.checkpoint)
+    try:
+        r = export_model(model, out, name=args.module, dtype=args.dtype, opset=args.opset, check=not args.no_check,
+                         seed=args.seed, exporter=args.exporter, state_dtype=args.state_dtype)
+    except ExportError as exc:
+        print(f"infini export: FAILED: {exc}", file=sys.stderr)
+        return 1
+    return _report(args, r)
 
 
 def _read_checkpoint(path):
@@ -180,10 +216,12 @@ def cmd_stream(args) -> int:
     _check_stream_options(args)
     sess = open_session(args.model, args.provider, args.batch, args.chunk)
     print(f"model {args.model}: {sess.kind}, model_id {sess.model_id}; {sess.provider_used} ({sess.provider_reason})")
-    if args.top_k is not None and sess.kind == "lm" and args.top_k > sess.config.vocab_size:
-        raise UsageError(f"--top-k: expected an integer in [1, {sess.config.vocab_size}] (vocab_size), got {args.top_k}")
-    if args.then_generate and sess.kind != "lm":
-        raise UsageError(f"--then-generate: expected 0 for a single-layer model (it has no tokens to emit), got "
+    if args.top_k is not None and sess.config.takes_tokens and args.top_k > sess.config.output_width:
+        raise UsageError(f"--top-k: expected an integer in [1, {sess.config.output_width}] (vocab_size), got "
+                         f"{args.top_k}")
+    if args.then_generate and not sess.config.takes_tokens:
+        what = "a single-layer model" if sess.kind == "layer" else "a model that takes vectors"
+        raise UsageError(f"--then-generate: expected 0 for {what} (it has no tokens to emit), got "
                          f"{args.then_generate}")
     if args.resume:
         sess.load_state(args.resume)

@@ -88,7 +88,7 @@ def compose(forms: dict, config, dtype: str, state_dtype: str, params: set) -> o
         helper.make_node("If", ["if/inside"], [s.name for s in outs], then_branch=branches["inside"],
                          else_branch=tail),
     ]
-    n_const = helper.make_tensor("if/N", TensorProto.INT64, [1], [config.attn.segment_len])
+    n_const = helper.make_tensor("if/N", TensorProto.INT64, [1], [config.segment_len])
     graph = helper.make_graph(nodes, "infini_attention", [_value_info(s.name, s) for s in ins],
                               [_value_info(s.name, s) for s in outs], [n_const, *inits.values()])
     opsets = {}

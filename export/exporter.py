@@ -1,5 +1,8 @@
-"""Export a layer or the LM to ONNX, then check the file before it is put in place.
+"""Export a layer, the LM or any model of the streaming protocol to ONNX, then check the file before it is put
+in place.
 
+`export()` takes the spec's configs and reference weights; `export_model()` any torch model that follows
+``torch_impl/protocol.py`` (the spec's models included, which it hands to `export`). Both end in one path:
 `export()` traces `graph.GraphStep` twice, once per torch_impl form (``piece``: one segment piece, for
 decoding; ``chunk``: any number of tokens), with torch.export (``exporter="dynamo"``, default) or the
 TorchScript tracer (``"torchscript"``, opset <= 20), joins both under one ``If`` (compose.py), writes the
@@ -8,16 +11,19 @@ config into the metadata, and then checks:
   2. every input and output against io_spec.py: names, dtypes, and the dims that must be
      symbolic really are (an exporter can silently make a dynamic dim static);
   3. ONNX Runtime (CPU) against the float64 reference on random inputs streamed over many
-     calls (selfcheck.py: the splits, and how trained weights' conditioning is allowed for).
+     calls (selfcheck.py: the splits, and how trained weights' conditioning is allowed for); for a model
+     that is not the spec's, the reference is its own forward in float64.
 The file appears at ``path`` only when all pass; otherwise `ExportError` says what failed, naming the exporter.
 Opset 23 (default) computes local attention with the standard ``Attention`` op; ``opset=17`` keeps
 MatMul/Softmax for older runtimes. Same inputs, outputs and results either way.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +36,11 @@ import torch
 from ..reference import SPEC_VERSION, io_spec
 from ..reference.shapes import attn_prefix
 from ..reference.validate import check_params
-from ..torch_impl import attention_layers, model_from_numpy
+from ..torch_impl import attention_layers, model_config, model_from_numpy
+from ..torch_impl.protocol import is_spec_config
 from .compose import ELEM, compose, node_counts
 from .graph import ATTENTION_OPSET, EXPORTERS, FORMS, TORCHSCRIPT_MAX_OPSET, GraphStep, trace
-from .selfcheck import SelfCheckError, self_check
+from .selfcheck import ModuleReference, SelfCheckError, SpecReference, self_check
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
 DEFAULT_OPSET = ATTENTION_OPSET
@@ -65,23 +72,56 @@ def export(config, params: dict, path, *, dtype: str = "float32", opset: int = D
 
     dtype: compute dtype ("float32", "float16"); state_dtype: M and z ("float32", or "float64" for streams far
     past 1e9 tokens, SPEC.md §11); exporter: "dynamo" or "torchscript"; opset: 17 .. (23+: Attention op)."""
-    t0 = time.perf_counter()
-    kind = io_spec.kind_of(config)
+    if io_spec.kind_of(config) == "model":
+        raise ValueError("config: expected an LMConfig or an InfiniConfig (a ModelConfig describes a model's graph, "
+                         "not how it computes: export the model itself with export_model(model, path))")
     check_options(dtype, state_dtype, exporter, opset)
     params = check_params(config, params, allow_extra=False)
+    reference = SpecReference(config, rounded_params(params, dtype), dtype)
+    return _export(config, params, lambda: traced_module(config, params, dtype, state_dtype), reference, path,
+                   dtype=dtype, opset=opset, check=check, seed=seed, exporter=exporter, state_dtype=state_dtype,
+                   cache=True)
+
+
+def export_model(model, path, *, name: str = "", dtype: str = "float32", opset: int = DEFAULT_OPSET,
+                 check: bool = True, seed: int = 0, exporter: str = "dynamo", state_dtype: str = "float32"
+                 ) -> ExportResult:
+    """Export any torch model of the streaming protocol (``torch_impl/protocol.py``: forward(inputs, states) ->
+    (outputs, states), one state per InfiniAttention in module order) by tracing its own forward.
+
+    The spec's models (InfiniTransformerLM, InfiniAttention) go through `export` with their weights, so the float64
+    reference checks them; for any other model the self-check's reference is the model's own forward, in float64,
+    over the same streams. ``name``: recorded in the file's config (e.g. ``pkg.models:build``). Options as `export`."""
+    check_options(dtype, state_dtype, exporter, opset)
+    config = model_config(model, name)  # the protocol, checked on a real call
+    if is_spec_config(config):
+        return export(config, model.numpy_params(), path, dtype=dtype, opset=opset, check=check, seed=seed,
+                      exporter=exporter, state_dtype=state_dtype)
+    prepared = prepared_module(model, dtype, state_dtype)
+    params = {n: p.detach().cpu().numpy() for n, p in prepared.named_parameters()}
+    step = GraphStep(prepared, torch.float32 if config.takes_tokens else DTYPES[dtype])  # io_spec: logits float32
+    return _export(config, params, lambda: step, ModuleReference(model, dtype, state_dtype), path, dtype=dtype,
+                   opset=opset, check=check, seed=seed, exporter=exporter, state_dtype=state_dtype, cache=False)
+
+
+def _export(config, params: dict, build, reference, path, *, dtype, opset, check, seed, exporter, state_dtype,
+            cache: bool) -> ExportResult:
+    """Trace ``build()`` (a GraphStep) once per form, compose, check, self-check against ``reference``, and only
+    then put the file at ``path``. ``params``: name -> array as the graph holds them (initializer names)."""
+    t0 = time.perf_counter()
+    kind = config.kind
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         graphs = {}
         for branch in FORMS:
-            form = traced_form(branch, config.attn.segment_len)
+            form = traced_form(branch, config.segment_len)
             try:
-                graphs[branch] = traced(config, params, dtype, state_dtype, form, exporter, opset)
+                graphs[branch] = traced(config, params, build, dtype, state_dtype, form, exporter, opset, cache)
             except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as the export's
-                first = (str(exc).strip().splitlines() or [""])[0][:400]
                 raise ExportError(f"exporter {exporter!r} (opset {opset}) could not export the {kind}'s {form} form: "
-                                  f"{type(exc).__name__}: {first}"
+                                  f"{_cause(exc)}"
                                   + ("; try --exporter torchscript --opset 17" if exporter == "dynamo" else
                                      "; try --exporter dynamo")) from exc
         model = compose(graphs, config, dtype, state_dtype, set(params))
@@ -102,7 +142,7 @@ def export(config, params: dict, path, *, dtype: str = "float32", opset: int = D
                               state_dtype=state_dtype, nodes=node_counts(model))
         if check:
             try:
-                result.checks = self_check(tmp, config, rounded_params(params, dtype), dtype=dtype, seed=seed)
+                result.checks = self_check(tmp, config, dtype=dtype, seed=seed, reference=reference)
             except SelfCheckError as exc:
                 raise ExportError(f"exporter {exporter!r} (opset {opset}): {exc}") from None
         os.replace(tmp, path)
@@ -111,6 +151,19 @@ def export(config, params: dict, path, *, dtype: str = "float32", opset: int = D
             tmp.unlink()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception's first line, and its root cause's where it has one (torch.onnx wraps what failed in
+    "Failed to export the model with torch.export ..."), without terminal colour codes."""
+    def line(e):
+        return re.sub(r"\x1b\[[0-9;]*m", "", (str(e).strip().splitlines() or [""])[0])[:300]
+
+    root = exc
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    text = f"{type(exc).__name__}: {line(exc)}"
+    return text if root is exc else f"{text} (root cause {type(root).__name__}: {line(root)})"
 
 
 def traced_form(branch: str, N: int) -> str:
@@ -136,23 +189,26 @@ def example_sizes(form: str, N: int):
 _TRACED: dict = {}  # (structure, form) -> serialized graph: the graph depends on the config and options only
 
 
-def traced(config, params: dict, dtype: str, state_dtype: str, form: str, exporter: str, opset: int):
-    """graph.trace of ``form`` for these weights. A graph depends on the config and the options, never on the
-    weights (they are initializers under their names, never folded), so one traced in this process for the
-    same structure is reused with these weights written into its initializers (torch.export takes seconds
-    per form); the self-check then runs on the file as always."""
+def traced(config, params: dict, build, dtype: str, state_dtype: str, form: str, exporter: str, opset: int,
+           cache: bool = True):
+    """graph.trace of ``form`` of ``build()`` for these weights. A spec model's graph depends on the config and
+    the options, never on the weights (they are initializers under their names, never folded), so with ``cache``
+    one traced in this process for the same structure is reused with these weights written into its initializers
+    (torch.export takes seconds per form); the self-check then runs on the file as always. Another model's
+    config does not determine its code: never cached."""
     key = (json.dumps(config.to_dict(), sort_keys=True), dtype, state_dtype, exporter, opset, form)
     arrays = rounded_params(params, dtype, as_float64=False)
-    if key in _TRACED:
+    if cache and key in _TRACED:
         model = onnx.load_from_string(_TRACED[key])
         inits = {i.name: i for i in model.graph.initializer}
         if all(n in inits and list(inits[n].dims) == list(a.shape) for n, a in arrays.items()):
             for name, arr in arrays.items():
                 inits[name].CopyFrom(onnx.numpy_helper.from_array(arr, name))
             return model
-    module = traced_module(config, params, dtype, state_dtype)
-    model = trace(module, config, dtype, state_dtype, form, exporter, opset, _example_inputs(config, dtype, state_dtype, form))
-    _TRACED[key] = model.SerializeToString()
+    model = trace(build(), config, dtype, state_dtype, form, exporter, opset,
+                  _example_inputs(config, dtype, state_dtype, form))
+    if cache:
+        _TRACED[key] = model.SerializeToString()
     return model
 
 
@@ -241,15 +297,25 @@ def traced_module(config, params: dict, dtype: str, state_dtype: str = "float32"
     return GraphStep(model, torch.float32 if config.takes_tokens else DTYPES[dtype])  # io_spec: logits float32
 
 
+def prepared_module(model, dtype: str, state_dtype: str = "float32"):
+    """A copy of a protocol model as `traced_module` holds the spec's: in the compute dtype, eval mode, every
+    InfiniAttention's beta float32 and its M, z in ``state_dtype``. The user's model is left as it was."""
+    model = copy.deepcopy(model).to(DTYPES[dtype]).eval()
+    with torch.no_grad():
+        for layer in attention_layers(model):
+            layer.beta.data = layer.beta.data.float()
+            layer.state_dtype, layer.check_values = DTYPES[state_dtype], False
+    return model
+
+
 def _example_inputs(config, dtype: str, state_dtype: str = "float32", form: str = "chunk") -> tuple:
     """Inputs to trace ``form`` with: a call of its domain (`example_sizes`), random values."""
-    B, n, t = example_sizes(form, config.attn.segment_len)
-    attn = config.attn
+    B, n, t = example_sizes(form, config.segment_len)
     g = torch.Generator().manual_seed(0)
     if config.takes_tokens:
-        first = torch.randint(0, config.vocab_size, (B, t), generator=g)
+        first = torch.randint(0, config.input_width, (B, t), generator=g)
     else:
-        first = torch.randn(B, t, attn.d_model, generator=g).to(DTYPES[dtype])
+        first = torch.randn(B, t, config.input_width, generator=g).to(DTYPES[dtype])
     state = [torch.tensor(0, dtype=torch.int64)]
     for spec in io_spec.inputs(config, dtype, state_dtype):
         if spec.layer is not None:

@@ -45,8 +45,10 @@ DECODE_FORM = inside_piece  # the inside branch from opset 23 on (its RoPE and a
 class GraphStep(nn.Module):
     """(first input, past_segments, per-layer key, value, M, z) -> (output, present_segments, per-layer ...).
 
-    ``model``: a torch_impl model in the compute dtype (``InfiniAttention``: x in, y out; ``InfiniTransformerLM``:
-    input_ids in, logits out). Per-layer tensors follow io_spec's order: key, value, M, z."""
+    ``model``: a torch model of the streaming protocol in the compute dtype (``torch_impl/protocol.py``;
+    ``InfiniAttention``: x in, y out; ``InfiniTransformerLM`` and other token models: input_ids in, logits out).
+    Per-layer tensors follow io_spec's order: key, value, M, z; layer i's state goes to the model's i-th
+    InfiniAttention (module order)."""
 
     def __init__(self, model: nn.Module, output_dtype: torch.dtype):
         super().__init__()
@@ -63,8 +65,18 @@ class GraphStep(nn.Module):
         out, states = model_step(self.model, first, states)
         present = []
         for st in states:
-            present += [st.k.float(), st.v.float(), st.M, st.z]  # (B, Hkv, n', d) ..., M, z (state dtype)
+            present += [_float32(st.k), _float32(st.v), st.M, st.z]  # (B, Hkv, n', d) ..., M, z (state dtype)
         return (out.to(self.output_dtype), states[0].segments.reshape(()), *present)
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """``t.float()`` of pending keys/values, cast flat. After a call that ends on a boundary their length is
+    symbolic with an example of 0, and torch.export's stride rule for a cast of a 4-D tensor (which keeps its
+    memory format) then takes a modulo by that 0 where strides tie (n_kv_heads = 1): a ZeroDivisionError that
+    failed every float16 export of such a layer. A 1-D cast needs no stride rule."""
+    if t.dtype == torch.float32:
+        return t
+    return t.contiguous().reshape(-1).float().reshape(t.shape)  # (B*Hkv*n*d,) -> (B, Hkv, n, d)
 
 
 def attention_kind(opset: int) -> str:

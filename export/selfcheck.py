@@ -15,6 +15,10 @@ project's tests), and the export passes if it is no further from the reference t
 table. A wrong graph is not rescued: it is far from the reference while the baseline is close; nor
 is a bug the graph shares with torch_impl: both are then far off. Every line records which
 criterion passed.
+
+Models that are not the spec's (``export_model``): no float64 reference of their code exists but the code
+itself, so the reference is the model's own forward in float64 (a copy; the layers in their trainable form,
+state in float64) and the baseline the model in the export dtype (`ModuleReference`).
 """
 from __future__ import annotations
 
@@ -32,13 +36,16 @@ class SelfCheckError(RuntimeError):
     """ONNX Runtime disagrees with the reference (the exporter re-raises it as ExportError)."""
 
 
-def self_check(path, config, rounded: dict, *, dtype: str = "float32", seed: int = 0, provider: str = "cpu") -> list[str]:
+def self_check(path, config, rounded: dict | None = None, *, dtype: str = "float32", seed: int = 0,
+               provider: str = "cpu", reference=None) -> list[str]:
     """Stream random inputs through ONNX Runtime and the reference; SelfCheckError on any mismatch.
 
-    ``rounded``: the parameters as the graph holds them (exporter.rounded_params), as float64."""
+    ``rounded``: the parameters as the graph holds them (exporter.rounded_params), as float64; or ``reference``
+    (a `SpecReference` / `ModuleReference`) instead."""
     from .session import InfiniSession
 
-    N = config.attn.segment_len
+    reference = reference or SpecReference(config, rounded, dtype)
+    N = config.segment_len
     rng = np.random.default_rng(seed)
     plans = [(2, [N + N // 2 + 1] + [1] * (N + 1) + [N + 2]), (1, [2, N, 1, 3])]  # (batch, split)
     lines = []
@@ -46,13 +53,13 @@ def self_check(path, config, rounded: dict, *, dtype: str = "float32", seed: int
     for batch, split in plans:
         T = sum(split)
         if config.takes_tokens:
-            inp = rng.integers(0, config.vocab_size, (batch, T))
+            inp = rng.integers(0, config.input_width, (batch, T))
         else:
-            inp = rng.standard_normal((batch, T, config.d_model)).astype(dtype)
-        expected, states = model_forward(config, rounded, inp if config.takes_tokens else inp.astype(np.float64))
+            inp = rng.standard_normal((batch, T, config.input_width)).astype(dtype)
+        expected, states = reference.expected(inp)
         out = feed_split(sess, inp, split)
         tag = f"batch {batch}, {T} tokens in {len(split)} calls"
-        baseline = _Baseline(config, rounded, dtype, inp)
+        baseline = _Baseline(reference, inp)
         lines.append(_check(f"{tag}: {'logits' if config.takes_tokens else 'y'}", out, expected,
                             OUTPUT_TOLERANCES, dtype, lambda: baseline.output))
         got = sess.state()
@@ -92,23 +99,74 @@ def _check(name, actual, expected, table, dtype, baseline) -> str:
                          f"{tol.reason}]")
 
 
-class _Baseline:
-    """`torch_impl` in the export dtype on the self-check's inputs, run once, on first use."""
+class SpecReference:
+    """A spec model's references: the float64 reference (expected) and torch_impl in the export dtype (baseline)."""
 
-    def __init__(self, config, rounded: dict, dtype: str, inp: np.ndarray):
-        self.config, self.rounded, self.dtype, self.inp = config, rounded, dtype, inp
+    def __init__(self, config, rounded: dict, dtype: str):
+        self.config, self.rounded, self.dtype = config, rounded, dtype
+
+    def expected(self, inp: np.ndarray):
+        """(output, reference InfiniStates) of the float64 reference on ``inp``."""
+        return model_forward(self.config, self.rounded, inp if self.config.takes_tokens else inp.astype(np.float64))
+
+    def model(self):
+        import torch
+
+        from ..torch_impl import model_from_numpy
+
+        return model_from_numpy(self.config, self.rounded, dtype=getattr(torch, self.dtype)).eval()
+
+
+class ModuleReference:
+    """Another model's references: its own forward on a float64 copy (expected) and in the export dtype (baseline)."""
+
+    def __init__(self, model, dtype: str, state_dtype: str = "float32"):
+        self.source, self.dtype, self.state_dtype = model, dtype, state_dtype
+        self.config = None
+
+    def expected(self, inp: np.ndarray):
+        import torch
+
+        from ..torch_impl import model_step
+
+        wide = _copy(_copy(self.source, self.dtype, self.state_dtype), "float64", "float64")  # weights as exported
+        try:
+            with torch.no_grad():
+                y, states = model_step(wide, torch.from_numpy(inp if inp.dtype.kind == "i" else inp.astype(np.float64)))
+        except Exception as exc:  # noqa: BLE001 - the user's code in float64
+            text = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise SelfCheckError(f"export self-check: the model's own forward in float64 (the self-check's reference) "
+                                 f"failed ({type(exc).__name__}: {text}); export with check=False / --no-check to skip "
+                                 "the self-check") from None
+        return y.numpy(), [s.to_reference() for s in states]
+
+    def model(self):
+        return _copy(self.source, self.dtype, self.state_dtype)
+
+
+def _copy(model, dtype: str, state_dtype: str):
+    from .exporter import prepared_module
+
+    return prepared_module(model, dtype, state_dtype)
+
+
+class _Baseline:
+    """The reference's torch model in the export dtype on the self-check's inputs, run once, on first use."""
+
+    def __init__(self, reference, inp: np.ndarray):
+        self.reference, self.inp = reference, inp
         self._out = None
 
     def _run(self):
         if self._out is None:
             import torch
 
-            from ..torch_impl import model_from_numpy, model_step
+            from ..torch_impl import model_step
 
-            model = model_from_numpy(self.config, self.rounded, dtype=getattr(torch, self.dtype)).eval()
-            inp = self.inp if self.config.takes_tokens else self.inp.astype(self.dtype)
+            dtype = self.reference.dtype
+            inp = self.inp if self.inp.dtype.kind == "i" else self.inp.astype(dtype)
             with torch.no_grad():
-                y, states = model_step(model, torch.from_numpy(inp))
+                y, states = model_step(self.reference.model(), torch.from_numpy(inp))
             self._out = (y.float().numpy(), states)
         return self._out
 

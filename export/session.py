@@ -66,8 +66,8 @@ class InfiniSession:
         self.kind, self.config = meta["kind"], meta["config"]
         self.compute_dtype, self.model_id = meta["compute_dtype"], meta["model_id"]
         self.state_dtype = meta["state_dtype"]
-        self.attn = self.config.attn if self.kind == "lm" else self.config
-        self.segment_len = self.attn.segment_len
+        self.attn = self.config.layer_configs[0]  # layer 0's config (a "model"'s layers may differ but in N)
+        self.segment_len = self.config.segment_len
         self.specs = io_spec.specs(self.config, self.compute_dtype, self.state_dtype)
         self.inputs = [s for s in self.specs if s.direction == "in"]
         self.outputs = [s for s in self.specs if s.direction == "out"]
@@ -164,7 +164,7 @@ class InfiniSession:
         if outputs not in ("all", "last", "none"):
             raise ValueError(f"outputs: expected 'all', 'last' or 'none', got {outputs!r}")
         if self._fresh:  # a stream that has seen nothing takes the batch of its first input
-            rows = np.shape(chunk)[0] if np.ndim(chunk) >= (2 if self.kind == "lm" else 3) else 1
+            rows = np.shape(chunk)[0] if np.ndim(chunk) >= (2 if self.config.takes_tokens else 3) else 1
             if rows != self.batch and rows >= 1:
                 self.reset(rows)
         arr = checks.check_chunk(self, chunk)
@@ -178,13 +178,13 @@ class InfiniSession:
         except BaseException:
             self._state, self._pending, self._segments, self.position, self._last_logits, self._fresh = saved
             raise
-        if T and self.kind == "lm":
+        if T and self.config.takes_tokens:
             self._last_logits = out[:, -1]
         if outputs == "none":
             return None
         if outputs == "last":
             return out[:, -1] if T else None
-        width = self.config.vocab_size if self.kind == "lm" else self.attn.d_model
+        width = self.config.output_width
         return np.concatenate(outs, axis=1) if outs else np.zeros((self.batch, 0, width), np.float32)
 
     def generate(self, max_new_tokens: int, prompt=None, *, temperature: float = 0.0, top_k: int | None = None,
@@ -192,14 +192,17 @@ class InfiniSession:
         """LM only: feed ``prompt`` (if any), then emit ``max_new_tokens`` tokens (B, max_new_tokens),
         each fed back one call per token. temperature 0: greedy (argmax); > 0: sampled from
         softmax(logits / temperature), restricted to the ``top_k`` best if given."""
-        if self.kind != "lm":
-            raise ValueError("generate: expected an LM model, this file is a single layer (kind 'layer')")
+        if not self.config.takes_tokens or self.config.output_width > self.config.input_width:
+            takes = "token ids" if self.config.takes_tokens else "vectors"
+            raise ValueError(f"generate: expected a model that takes token ids and returns logits over them, this "
+                             f"file is a {self.kind} model taking {takes} (width {self.config.input_width}) to width "
+                             f"{self.config.output_width}")
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an integer >= 0, got {max_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature >= 0):
             raise ValueError(f"temperature: expected a finite number >= 0, got {temperature!r}")
-        if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= self.config.vocab_size):
-            raise ValueError(f"top_k: expected None or an integer in [1, {self.config.vocab_size}], got {top_k!r}")
+        if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= self.config.output_width):
+            raise ValueError(f"top_k: expected None or an integer in [1, {self.config.output_width}], got {top_k!r}")
         if prompt is not None:
             self.feed(prompt, outputs="none")
         if self._last_logits is None:

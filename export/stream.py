@@ -45,8 +45,9 @@ class Source:
         self.data = None
         if path is not None:
             self.data = load_token_file(path, raw_dtype)
-            if session.kind != "lm":
-                raise ValueError("tokens file: expected an LM model (a single-layer model takes generated x)")
+            if not session.config.takes_tokens:
+                raise ValueError(f"tokens file: expected a model that takes token ids (this {session.kind} model takes "
+                                 "vectors: generated x)")
             if self.data.ndim == 1:
                 self.data = self.data[None]
             if self.data.shape[0] != session.batch:
@@ -73,10 +74,10 @@ class Source:
             return self._cached[1]
         rng = np.random.default_rng([self.seed, b])
         s = self.sess
-        if s.kind == "lm":
-            block = rng.integers(0, s.config.vocab_size, (s.batch, BLOCK))
+        if s.config.takes_tokens:
+            block = rng.integers(0, s.config.input_width, (s.batch, BLOCK))
         else:
-            block = rng.standard_normal((s.batch, BLOCK, s.attn.d_model)).astype(np.float32)
+            block = rng.standard_normal((s.batch, BLOCK, s.config.input_width)).astype(np.float32)
         self._cached = (b, block)
         return block
 
@@ -131,12 +132,13 @@ def bytes_per_row(session, chunk: int | None = None) -> int:
     one call's outputs and one layer's attention scores."""
     from .checks import concrete
 
-    N, a = session.segment_len, session.attn
+    N, config = session.segment_len, session.config
     state = sum(int(np.prod(concrete(s.dims, 1, N - 1))) * np.dtype(s.dtype).itemsize for s in session.state_specs)
-    width = session.config.vocab_size if session.kind == "lm" else a.d_model
-    inputs = BLOCK * (8 if session.kind == "lm" else 4 * a.d_model)
+    width = max(config.output_width, max(a.d_model for a in config.layer_configs))
+    inputs = BLOCK * (8 if config.takes_tokens else 4 * config.input_width)
     call = min(chunk or N, N)
-    return 3 * state + inputs + 2 * call * width * 4 + a.n_heads * call * N * 4
+    heads = max(a.n_heads for a in config.layer_configs)
+    return 3 * state + inputs + 2 * call * width * 4 + heads * call * N * 4
 
 
 def open_session(path, provider: str = "auto", batch: int = 1, chunk: int | None = None):

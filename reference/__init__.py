@@ -7,7 +7,7 @@ the stream loop (§4.3: ``pieces``, ``run_split``), input checks (§12), the tol
 """
 from . import equations
 from .config import (DEFAULT_PROFILE, FIRST_SEGMENT, GATE_ON, PROFILE_CHOICES, ROPE_STYLES, UPDATES, InfiniConfig,
-                     LMConfig, config_from_dict)
+                     LMConfig, ModelConfig, config_from_dict)
 from .errors import UsageError
 from .layer import forward, init_params
 from .lm import lm_forward, lm_init_params, model_forward, model_init_params
@@ -18,7 +18,7 @@ from .streaming import pieces, run_split
 SPEC_VERSION = "1.0"
 
 __all__ = [
-    "SPEC_VERSION", "InfiniConfig", "LMConfig", "InfiniState", "forward", "init_params", "init_state",
+    "SPEC_VERSION", "InfiniConfig", "LMConfig", "ModelConfig", "InfiniState", "forward", "init_params", "init_state",
     "lm_forward", "lm_init_params", "model_forward", "model_init_params", "lm_param_shapes", "param_shapes", "layer_param_shapes", "state_shapes",
     "equations", "pieces", "run_split", "config_from_dict", "ATTN_PARAMS",
     "UPDATES", "ROPE_STYLES", "GATE_ON", "FIRST_SEGMENT", "PROFILE_CHOICES", "DEFAULT_PROFILE",

@@ -27,9 +27,11 @@ def _positive_int(name: str, value) -> None:
 class InfiniConfig:
     """Every option of SPEC.md §2; defaults are the paper's choices.
 
-    The layer and the LM share one small protocol: ``kind`` ("layer" / "lm"), ``attn`` (the
-    attention config; the layer's own), ``n_layers`` (1 for a layer), ``takes_tokens`` and
-    ``output_width``, so code that serves both reads these instead of testing the type.
+    The layer, the LM and any other streaming model (`ModelConfig`) share one small protocol: ``kind``
+    ("layer" / "lm" / "model"), ``n_layers`` (1 for a layer), ``layer_configs`` (each attention layer's
+    config, module order), ``segment_len`` (every layer's), ``takes_tokens``, ``input_width`` (vocab_size
+    or the input's last dim) and ``output_width``, so code that serves all three reads these instead of
+    testing the type. ``attn`` (the one attention config) exists on the layer and the LM only.
     """
 
     kind: ClassVar[str] = "layer"
@@ -76,9 +78,18 @@ class InfiniConfig:
         return 1
 
     @property
+    def layer_configs(self) -> tuple:
+        return (self,)
+
+    @property
     def takes_tokens(self) -> bool:
         """The model's input: x (B, T, d_model) for a layer, token ids (B, T) for the LM."""
         return False
+
+    @property
+    def input_width(self) -> int:
+        """The last dim of the model's input x (a layer), or the vocabulary of its token ids (the LM)."""
+        return self.d_model
 
     @property
     def output_width(self) -> int:
@@ -134,6 +145,18 @@ class LMConfig:
     takes_tokens: ClassVar[bool] = True
 
     @property
+    def layer_configs(self) -> tuple:
+        return (self.attn,) * self.n_layers
+
+    @property
+    def segment_len(self) -> int:
+        return self.attn.segment_len
+
+    @property
+    def input_width(self) -> int:
+        return self.vocab_size
+
+    @property
     def output_width(self) -> int:
         return self.vocab_size
 
@@ -150,12 +173,78 @@ class LMConfig:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the ONNX format needs to know of any other streaming model built on Infini-attention layers
+    (``kind`` "model", issue 11): its attention layers' configs in module order, its input (token ids in
+    [0, input_width), or vectors (B, T, input_width)) and its output width. How it computes between the
+    layers is its own ``forward`` (``torch_impl.protocol``), which no config describes.
+
+    All layers share one ``segment_len``: a stream is cut into segments of one length N, and one call's
+    branch (inside a segment, ending on a boundary, longer) is chosen by that N for every layer. Layers
+    may differ in everything else (heads, key/value dims, update rule, RoPE, gate conventions).
+    ``name``: where the model came from (e.g. ``pkg.models:build``), informational only."""
+
+    kind: ClassVar[str] = "model"
+
+    layers: tuple
+    input_width: int
+    output_width: int
+    takes_tokens: bool
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.layers, (tuple, list)) and len(self.layers) >= 1
+                 and all(isinstance(c, InfiniConfig) for c in self.layers),
+                 "layers", "a non-empty sequence of InfiniConfig (one per attention layer)", self.layers)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        lengths = [c.segment_len for c in self.layers]
+        _require(len(set(lengths)) == 1, "layers", "one segment_len shared by every attention layer (a stream is "
+                 "cut into segments of one length)", f"segment_len {lengths}")
+        for name in ("input_width", "output_width"):
+            _positive_int(name, getattr(self, name))
+        _require(isinstance(self.takes_tokens, bool), "takes_tokens", "True or False", self.takes_tokens)
+        _require(isinstance(self.name, str), "name", "a string", self.name)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def layer_configs(self) -> tuple:
+        return self.layers
+
+    @property
+    def segment_len(self) -> int:
+        return self.layers[0].segment_len
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The input vocabulary of a model that takes token ids (None for one that takes vectors)."""
+        return self.input_width if self.takes_tokens else None
+
+    def to_dict(self) -> dict:
+        return {"layers": [c.to_dict() for c in self.layers], "input_width": self.input_width,
+                "output_width": self.output_width, "takes_tokens": self.takes_tokens, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        _require(not unknown, "config", f"only the fields {sorted(known)}", unknown)
+        _require(isinstance(data.get("layers"), list), "config", "a 'layers' list", type(data.get("layers")).__name__)
+        return cls(**{**data, "layers": tuple(InfiniConfig.from_dict(c) for c in data["layers"])})
+
+
 DEFAULT_PROFILE = {name: InfiniConfig.__dataclass_fields__[name].default for name in PROFILE_CHOICES}
 
 
-def config_from_dict(data: dict) -> LMConfig | InfiniConfig:
-    """An LMConfig (the dict has an ``attn`` entry) or an InfiniConfig, from ``to_dict()`` output."""
+def config_from_dict(data: dict) -> LMConfig | InfiniConfig | ModelConfig:
+    """An LMConfig (the dict has an ``attn`` entry), a ModelConfig (``layers``) or an InfiniConfig, from
+    ``to_dict()`` output."""
     _require(isinstance(data, dict), "config", "a dict of config fields", type(data).__name__)
+    if "layers" in data:
+        return ModelConfig.from_dict(data)
     return LMConfig.from_dict(data) if "attn" in data else InfiniConfig.from_dict(data)
 
 

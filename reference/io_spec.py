@@ -7,6 +7,13 @@ compressive memory alongside (``past_memory.{i}.M`` in, ``present_memory.{i}.M``
 layer, 0 .. n_layers-1 (a single-layer export has i = 0 only). Graph order: the first row,
 ``past_segments``, then for each layer key, value, M, z (inputs; outputs likewise).
 
+Three kinds of model (the config's ``kind``): ``lm`` (SPEC.md §9), ``layer`` (one attention layer) and
+``model``: any other streaming model built on the layers (``ModelConfig``; e.g. a LayerNorm/GELU model,
+or a converted checkpoint). A model that takes token ids has the ``input_ids`` / ``logits`` rows, one that
+takes vectors the ``x`` / ``y`` rows, with its own widths: ``x``'s last dim is its input width, ``y``'s and
+``logits``' its output width (for the spec's models d_model, d_model and vocab_size). Each layer's state rows take that layer's own n_kv_heads, d_key, d_value (layers of one
+``model`` may differ in them; they share segment_len).
+
 | name                        | dir | shape                                    | dtype   | meaning |
 |-----------------------------|-----|------------------------------------------|---------|---------|
 | `input_ids`                 | in  | (batch, chunk)                           | int64   | LM: token ids, in [0, vocab_size) |
@@ -34,22 +41,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .config import InfiniConfig, LMConfig, config_from_dict
+from .config import InfiniConfig, LMConfig, ModelConfig, config_from_dict
 
 SYMBOLIC_DIMS = ("batch", "chunk", "past_len", "present_len")
 STATE_FIELDS = ("key", "value", "M", "z")  # per layer, in graph order
 
-# (name template, direction, dims, dtype, which export: "lm" / "layer" / "both")
+# (name template, direction, dims, dtype, which models: "tokens" (token ids in) / "vectors" / "both")
 _TABLE = (
-    ("input_ids", "in", ("batch", "chunk"), "int64", "lm"),
-    ("x", "in", ("batch", "chunk", "d_model"), "compute", "layer"),
+    ("input_ids", "in", ("batch", "chunk"), "int64", "tokens"),
+    ("x", "in", ("batch", "chunk", "input_width"), "compute", "vectors"),
     ("past_segments", "in", (), "int64", "both"),
     ("past_key_values.{i}.key", "in", ("batch", "n_kv_heads", "past_len", "d_key"), "float32", "both"),
     ("past_key_values.{i}.value", "in", ("batch", "n_kv_heads", "past_len", "d_value"), "float32", "both"),
     ("past_memory.{i}.M", "in", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
     ("past_memory.{i}.z", "in", ("batch", "n_kv_heads", "d_key"), "state", "both"),
-    ("logits", "out", ("batch", "chunk", "vocab_size"), "float32", "lm"),
-    ("y", "out", ("batch", "chunk", "d_model"), "compute", "layer"),
+    ("logits", "out", ("batch", "chunk", "output_width"), "float32", "tokens"),
+    ("y", "out", ("batch", "chunk", "output_width"), "compute", "vectors"),
     ("present_segments", "out", (), "int64", "both"),
     ("present.{i}.key", "out", ("batch", "n_kv_heads", "present_len", "d_key"), "float32", "both"),
     ("present.{i}.value", "out", ("batch", "n_kv_heads", "present_len", "d_value"), "float32", "both"),
@@ -60,8 +67,8 @@ _TABLE = (
 # ONNX metadata_props written by the exporter and checked by the runtime.
 METADATA_KEYS = {
     "format": "infini_attention.format",  # FORMAT below
-    "kind": "infini_attention.kind",  # "lm" or "layer"
-    "config": "infini_attention.config",  # JSON of LMConfig.to_dict() / InfiniConfig.to_dict()
+    "kind": "infini_attention.kind",  # "lm", "layer" or "model"
+    "config": "infini_attention.config",  # JSON of LMConfig / InfiniConfig / ModelConfig .to_dict()
     "compute_dtype": "infini_attention.compute_dtype",  # "float32" or "float16"
     "state_dtype": "infini_attention.state_dtype",  # "float32" or "float64": M and z
     "model_id": "infini_attention.model_id",  # sha256 of config + exported weights (16 hex)
@@ -93,27 +100,30 @@ class TensorSpec:
 
 
 def kind_of(config) -> str:
-    """"lm" or "layer" (the configs' shared protocol); anything else is a usage error naming its type."""
-    if not isinstance(config, (LMConfig, InfiniConfig)):
-        raise ValueError(f"config: expected an LMConfig or an InfiniConfig, got {type(config).__name__}")
+    """"lm", "layer" or "model" (the configs' shared protocol); anything else is a usage error naming its type."""
+    if not isinstance(config, (LMConfig, InfiniConfig, ModelConfig)):
+        raise ValueError(f"config: expected an LMConfig, an InfiniConfig or a ModelConfig, got {type(config).__name__}")
     return config.kind
 
 
-def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32", state_dtype: str = "float32"
-          ) -> list[TensorSpec]:
+def specs(config: LMConfig | InfiniConfig | ModelConfig, compute_dtype: str = "float32",
+          state_dtype: str = "float32") -> list[TensorSpec]:
     """The concrete inputs then outputs of the graph exported for ``config``, in graph order."""
     for name, value, allowed in (("compute_dtype", compute_dtype, COMPUTE_DTYPES),
                                  ("state_dtype", state_dtype, STATE_DTYPES)):
         if value not in allowed:
             raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-    kind, attn, n_layers = kind_of(config), config.attn, config.n_layers
-    sizes = {"d_model": attn.d_model, "n_kv_heads": attn.n_kv_heads, "d_key": attn.d_key,
-             "d_value": attn.d_value, "vocab_size": getattr(config, "vocab_size", None)}
+    kind_of(config)
+    which = "tokens" if config.takes_tokens else "vectors"
+    widths = {"input_width": config.input_width, "output_width": config.output_width}
     out = []
     for direction in ("in", "out"):
-        rows = [r for r in _TABLE if r[1] == direction and r[4] in (kind, "both")]
+        rows = [r for r in _TABLE if r[1] == direction and r[4] in (which, "both")]
         plain, per_layer = [r for r in rows if "{i}" not in r[0]], [r for r in rows if "{i}" in r[0]]
-        for layer, group in [(None, plain)] + [(i, per_layer) for i in range(n_layers)]:
+        for layer, group in [(None, plain)] + [(i, per_layer) for i in range(config.n_layers)]:
+            attn = config.layer_configs[layer] if layer is not None else None
+            sizes = widths if attn is None else {"n_kv_heads": attn.n_kv_heads, "d_key": attn.d_key,
+                                                 "d_value": attn.d_value}
             for name, _, dims, dtype, _ in group:  # graph order: plain rows, then layer 0's, layer 1's, ...
                 dims = tuple(d if d in SYMBOLIC_DIMS else sizes[d] for d in dims)
                 dtype = {"compute": compute_dtype, "state": state_dtype}.get(dtype, dtype)
@@ -131,7 +141,7 @@ def dynamic_axes(config, compute_dtype="float32") -> dict[str, dict[int, str]]:
     return {n: a for n, a in axes.items() if a}
 
 
-def config_from_json(text: str) -> LMConfig | InfiniConfig:
+def config_from_json(text: str) -> LMConfig | InfiniConfig | ModelConfig:
     return config_from_dict(json.loads(text))
 
 

@@ -38,6 +38,9 @@ def lm_param_shapes(config) -> dict[str, tuple[int, ...]]:
 
 def param_shapes(config) -> dict[str, tuple[int, ...]]:
     """Canonical names and shapes of every parameter of ``config``: a layer (§3.1) or the LM (§9)."""
+    if config.kind == "model":
+        raise ValueError(f"config: expected an LMConfig or an InfiniConfig (the spec's parameter layouts), got a "
+                         f"ModelConfig {config.name!r}: its weights are its own module's parameters, by their names")
     return lm_param_shapes(config) if config.kind == "lm" else layer_param_shapes(config)
 
 

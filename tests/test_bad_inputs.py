@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from infini_attention.export import InfiniSession, export, preset_config, preset_params
 from infini_attention.reference import cli as ref_cli
@@ -23,6 +24,123 @@ from infini_attention.reference.cli import main
 REF = "infini_attention.conformance.adapters.reference:make"
 GEN = ["--generate", "100", "--no-progress", "--provider", "cpu"]
 S = ["stream", "{d}/lm.onnx", *GEN]  # a good stream command the rows add one bad option to
+
+
+# Models `infini export --module {d}/user_models.py:NAME` builds: one that follows the streaming protocol
+# (torch_impl/protocol.py) and one per way of not following it.
+USER_MODELS = """
+import torch
+import torch.nn as nn
+from infini_attention.reference import InfiniConfig
+from infini_attention.torch_impl import InfiniAttention
+
+A = InfiniConfig(d_model=8, n_heads=2, n_kv_heads=1, d_key=4, d_value=4, segment_len=4)
+
+
+class Good(nn.Module):
+    vocab_size = 11
+
+    def __init__(self, vocab=11, layers=(A, A), twice=False, swap="", returns="both"):
+        super().__init__()
+        self.vocab_size, self.twice, self.swap, self.returns = vocab, twice, swap, returns
+        self.embed = nn.Embedding(vocab, 8)
+        self.attn = nn.ModuleList(InfiniAttention(c) for c in layers)
+
+    def forward(self, ids, states=None):
+        states = list(states or [None] * len(self.attn))
+        x, new = self.embed(ids), []
+        for i in range(len(self.attn)):
+            a, s = self.attn[i](x, states[-1 - i] if self.swap == "given" else states[i])
+            if self.twice:
+                a, s = self.attn[i](x + a, s)
+            x, new = x + a, ([s] + new if self.swap == "returned" else new + [s])
+        return x @ self.embed.weight.T if self.returns == "outputs" else (x @ self.embed.weight.T, new)
+
+
+class OneArg(Good):
+    def forward(self, ids):
+        return super().forward(ids, None)
+
+
+class NoDeclaration(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = InfiniAttention(A)
+
+    def forward(self, x, states=None):
+        return x, states
+
+
+def build_good():
+    return Good()
+
+
+def other_vocab():
+    return Good(vocab=13)
+
+
+def no_infini():
+    m = nn.Linear(4, 4)
+    m.vocab_size = 4
+    return m
+
+
+def no_declaration():
+    return NoDeclaration()
+
+
+def one_arg():
+    return OneArg()
+
+
+def returns_outputs_only():
+    return Good(returns="outputs")
+
+
+def given_swapped():
+    return Good(swap="given")
+
+
+def returned_swapped():
+    return Good(swap="returned")
+
+
+def layer_called_twice():
+    return Good(twice=True)
+
+
+def two_segment_lengths():
+    return Good(layers=(A, A.replace(segment_len=8)))
+
+
+def raises():
+    raise RuntimeError("no weights here")
+
+
+def returns_int():
+    return 3
+
+
+NOT_CALLABLE = 7
+"""
+
+
+def _user_files(d) -> None:
+    """user_models.py and safetensors files for it: good, of another vocab, missing/extra tensors, corrupt."""
+    from safetensors.torch import save_file, save_model
+
+    from infini_attention.export.module import build_model
+
+    (d / "user_models.py").write_text(USER_MODELS)
+    good = build_model(f"{d}/user_models.py:build_good")
+    save_model(good, str(d / "good.safetensors"))
+    save_model(build_model(f"{d}/user_models.py:other_vocab"), str(d / "vocab13.safetensors"))
+    tensors = {k: v.contiguous() for k, v in good.state_dict().items()}
+    save_file({k: v for k, v in tensors.items() if k != "attn.1.wo"}, str(d / "missing.safetensors"))
+    save_file({**tensors, "head.bias": torch.zeros(3)}, str(d / "extra.safetensors"))
+    raw = (d / "good.safetensors").read_bytes()
+    (d / "truncated.safetensors").write_bytes(raw[:len(raw) // 2])
+    (d / "junk.safetensors").write_bytes(b"not safetensors at all")
 
 
 def _edit(src, dst, meta=None, **arrays):
@@ -61,8 +179,51 @@ def f(tmp_path_factory):
     _edit(d / "s1000.npz", d / "nanM.npz", past_memory__0__M=np.full_like(good["past_memory.0.M"], np.nan))
     _edit(d / "s1000.npz", d / "seg0.npz", {"position": 0}, past_segments=np.array(0, np.int64))
     np.save(d / "ids.npy", np.arange(500) % 64)
+    _user_files(d)
     return d
 
+
+U = "{d}/user_models.py"
+# `infini export --module`: (row id, --module, more options, fragment); each refused before anything is traced
+MODULE_ROWS = [
+    ("without a colon", "user_models", [], "--module: expected MODULE:ATTRIBUTE (e.g. my_pkg.models:build), got "
+                                          "'user_models'"),
+    ("module missing", "no_such_pkg.models:build", [], "--module 'no_such_pkg.models:build': expected an importable "
+                                                       "module, cannot import 'no_such_pkg.models' (No module named"),
+    ("file missing", "{d}/nope.py:build", [], "cannot import '{d}/nope.py' (no such file"),
+    ("attribute missing", f"{U}:nope", [], "expected '{d}/user_models.py' to define 'nope', it has no attribute 'nope'"),
+    ("not callable", f"{U}:NOT_CALLABLE", [], "expected a callable returning the model (or the model), got int"),
+    ("builder raises", f"{U}:raises", [], "raises() raised RuntimeError: no weights here"),
+    ("builder returns an int", f"{U}:returns_int", [], "expected returns_int() to return a torch.nn.Module, got int"),
+    ("no InfiniAttention", f"{U}:no_infini", [], "model {d}/user_models.py:no_infini: expected at least one "
+                                                "torch_impl.InfiniAttention among its modules, found none"),
+    ("no input declared", f"{U}:no_declaration", [], "expected one attribute declaring its input, vocab_size (token "
+                                                    "ids) or d_input (vectors), got neither"),
+    ("forward without states", f"{U}:one_arg", [], "forward: expected forward(inputs, states) -> (outputs, states), "
+                                                  "its signature (ids) does not take two arguments"),
+    ("forward returns outputs only", f"{U}:returns_outputs_only", [],
+     "forward: expected to return (outputs, states), got a Tensor"),
+    ("states handed in the wrong order", f"{U}:given_swapped", [], "InfiniAttention 'attn.0' (layer 0): expected to "
+                                                                  "be given states[0] (states are in module order)"),
+    ("states returned in the wrong order", f"{U}:returned_swapped", [], "forward: returned states[0]: expected the "
+     "state InfiniAttention 'attn.0' returned (states are in module order), got the state of InfiniAttention 'attn.1'"),
+    ("a layer called twice", f"{U}:layer_called_twice", [], "InfiniAttention 'attn.0' (layer 0): expected one call "
+                                                           "per forward (one state per layer), got 2"),
+    ("two segment lengths", f"{U}:two_segment_lengths", [], "expected one segment_len for all its InfiniAttention "
+                                                           "layers (a stream is cut into segments of one length), "
+                                                           "got [4, 8]"),
+    ("checkpoint of another shape", f"{U}:build_good", ["--checkpoint", "{d}/vocab13.safetensors"],
+     "--checkpoint '{d}/vocab13.safetensors': tensor 'embed.weight': expected shape (11, 8), got (13, 8)"),
+    ("checkpoint missing a tensor", f"{U}:build_good", ["--checkpoint", "{d}/missing.safetensors"],
+     "expected the model's 11 state_dict tensors, missing ['attn.1.wo'], unexpected []"),
+    ("checkpoint with an extra tensor", f"{U}:build_good", ["--checkpoint", "{d}/extra.safetensors"],
+     "missing [], unexpected ['head.bias']"),
+    ("checkpoint truncated", f"{U}:build_good", ["--checkpoint", "{d}/truncated.safetensors"],
+     "truncated.safetensors': expected a safetensors file, cannot read it (corrupt or truncated"),
+    ("checkpoint not safetensors", f"{U}:build_good", ["--checkpoint", "{d}/junk.safetensors"],
+     "junk.safetensors': expected a safetensors file, cannot read it (corrupt or truncated"),
+    ("with a preset", f"{U}:build_good", ["--preset", "tiny"], "--preset: expected no --checkpoint or --module with it"),
+]
 
 # (row id, argv with {d} = the fixture directory, exit status, fragment of the one stderr line)
 ROWS = [
@@ -128,6 +289,8 @@ ROWS = [
      "expected a state at most at the end of --tokens (500 tokens), got a state at token 1,000"),
     ("junk .pt", ["export", "--checkpoint", "{d}/junk.pt", "-o", "{d}/x.onnx"], 2,
      "--checkpoint '{d}/junk.pt': expected a checkpoint written by export.checkpoint.save_checkpoint"),
+    *[(f"--module {name}", ["export", "--module", module, "-o", "{d}/x.onnx", *extra], 2, fragment) for name, module,
+      extra, fragment in MODULE_ROWS],
     ("export output is a directory", ["export", "--preset", "tiny", "-o", "{d}"], 2,
      "-o/--output: expected a file path, got the directory"),
     ("vectors write unwritable", ["vectors", "write", "/proc/infini-vectors"], 2,
@@ -151,6 +314,7 @@ def test_bad_input_is_one_line_before_any_work(f, capsys, argv, code, fragment):
     assert err.count("\n") == 1 and err.startswith(f"infini {argv[0]}: error: ") and "Traceback" not in err, err
     assert "streamed" not in out and "[ 1/" not in err and "exported" not in out  # refused before the work
     assert os.stat(f / "ro.npz").st_mode & 0o777 == 0o444 and (f / "ro.npz").read_bytes() == b""  # left alone
+    assert not (f / "x.onnx").exists() and not list(f.glob(".x.onnx.*"))  # a refused export writes nothing
 
 
 @pytest.mark.parametrize("argv, rows", [

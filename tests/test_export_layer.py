@@ -97,3 +97,12 @@ def test_random_configs_export_and_stream(tmp_path_factory, config, data):
     T = data.draw(st.integers(1, 3 * config.segment_len + 1), label="T")
     x = np.random.default_rng(1).standard_normal((2, T, config.d_model))
     _compare(config, params, sess, x, feed_split(sess, x, data.draw(splits(T))))
+
+
+def test_float16_layer_with_one_kv_head_exports(tmp_path):
+    """Regression: float16 with n_kv_heads = 1 and N >= 5 (the boundary form is traced, its pending keys have an
+    example length of 0) failed torch.export with a ZeroDivisionError in the stride rule of the keys' cast to
+    float32 (graph._float32 casts them flat)."""
+    config = InfiniConfig(d_model=8, n_heads=2, n_kv_heads=1, d_key=4, d_value=4, segment_len=5, rope_theta=1e4)
+    r = export(config, preset_params(config), tmp_path / "f16.onnx", dtype="float16")
+    assert r.dtype == "float16" and len(r.checks) == 10  # streamed against the reference by the self-check

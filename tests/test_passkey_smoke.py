@@ -10,6 +10,7 @@ installed wheel (.ci/run).
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -93,14 +94,12 @@ def tiny_run(tmp_path_factory):
     from examples.passkey import train
 
     tmp = tmp_path_factory.mktemp("passkey")
-    ckpt, log = tmp / "tiny.npz", tmp / "tiny_train_log.json"
+    ckpt, log = tmp / "tiny.safetensors", tmp / "tiny_train_log.json"
     assert train.main(TINY + ["--out", str(ckpt), "--log", str(log)]) == 0
     return tmp, ckpt, log
 
 
 def test_tiny_training_loss_decreases(tiny_run):
-    import json
-
     _, _, log = tiny_run
     losses = json.loads(log.read_text())["losses"]
     assert len(losses) == 40
@@ -114,8 +113,14 @@ def test_checkpoint_roundtrip_and_control(tiny_run, tmp_path):
     assert all(v.dtype == np.float32 for v in params.values())
     off = memory_off(params)
     assert (gate_values(off, config) < 1e-12).all() and gate_values(params, config).shape == (2, 2)
-    again = save_checkpoint(tmp_path / "again.npz", config, params)
+    again = save_checkpoint(tmp_path / "again.npz", config, params)  # written as safetensors whatever the suffix
+    assert again.name == "again.safetensors" and again.read_bytes()[8:9] == b"{"
     assert all(np.array_equal(params[k], v) for k, v in load_checkpoint(again)[1].items())
+    legacy = {**params, "__config__": np.array(json.dumps(config.to_dict()))}  # the format of earlier versions
+    np.savez_compressed(tmp_path / "old.npz", **legacy)
+    old_config, old_params, _ = load_checkpoint(tmp_path / "old.npz")
+    assert old_config == config and all(np.array_equal(params[k], v) and v.dtype == np.float32
+                                        for k, v in old_params.items())
     assert state_bytes(config) == 2 * 2 * 16 * 17 * 4
 
 
@@ -165,8 +170,6 @@ def test_pipeline_onnx_evaluate_demo_plots(tiny_run, tiny_onnx, tmp_path):
     results = {"models": {"delta": {"command": "test", "seed": 0, "machine": "test", "memory_off_beta": -30.0,
                                     "checkpoint": "x", "train_length": 32, "state_bytes": 1,
                                     "cells": [dict(cell, depth_name="middle", memory="on")]}}}
-    import json
-
     (tmp_path / "eval_delta.json").write_text(json.dumps(results))
     assert "| on | middle |" in report.markdown(report.load_results(tmp_path))
     png = plots.plot_accuracy(tmp_path, tmp_path / "acc.png")
@@ -181,6 +184,7 @@ def test_committed_weights_retrieve_the_passkey(update):
     path = checkpoint_path(update)
     if not path.is_file():
         pytest.skip(f"{path} not committed")
+    assert path.suffix == ".safetensors" and path.read_bytes()[8:9] == b"{"  # safetensors, config in its metadata
     config, params, _ = load_checkpoint(path)
     model = InfiniTransformerLM.from_numpy(config, params, dtype=torch.float32).eval()
     N = config.attn.segment_len

@@ -1,8 +1,9 @@
 """The streaming protocol shared by the layer and the LM, and running a stream in several calls.
 
 A streaming model is ``forward(inputs, state(s)) -> (outputs, state(s))``; the layer takes and returns one
-state, the LM a list with one per ``InfiniAttention`` in module order. `model_step` gives both the LM's
-shape (a list), so code that serves either (export, self-check, demo) needs no type test.
+state, the LM, and any other model that follows the protocol (protocol.py), a list with one per
+``InfiniAttention`` in module order. `model_step` gives all the list's shape, so code that serves any
+(export, self-check, demo) needs no type test.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ def attention_layers(model) -> list:
 
 
 def model_step(model, inputs, states=None):
-    """(outputs, list of per-layer states) for a layer or an LM; ``states`` a list (or None: a new stream)."""
-    if model.config.kind == "lm":
-        return model(inputs, states)
+    """(outputs, list of per-layer states) for a layer or any model of the protocol (the LM, protocol.py);
+    ``states`` a list (or None: a new stream)."""
+    from .layer import InfiniAttention
+
+    if not isinstance(model, InfiniAttention):
+        out, states = model(inputs, states)
+        return out, list(states)
     y, state = model(inputs, None if states is None else states[0])
     return y, [state]
 

@@ -95,7 +95,7 @@ def evaluate_cell(session, length: int, depth: float, samples: int, seed: int, p
 
 
 def _checkpoint_name(ckpt: Path) -> str:
-    """As the committed results name it ("checkpoints/passkey_linear.npz"), relative to the package's passkey/."""
+    """As the committed results name it ("checkpoints/passkey_linear.safetensors"), relative to the package's passkey/."""
     home, path = CHECKPOINT_DIR.parent, Path(ckpt).resolve()
     return str(path.relative_to(home)) if path.is_relative_to(home) else str(ckpt)
 
@@ -125,7 +125,8 @@ def samples_for(length: int, args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--update", choices=["linear", "delta", "both"], default="both")
-    p.add_argument("--checkpoint", type=Path, default=None, help="evaluate this .npz instead (one update)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="evaluate this checkpoint (.safetensors, or an older .npz) instead (one update)")
     p.add_argument("--lengths", default=None, help="comma list, e.g. 256,2048,32K,128K,1M "
                    "(default: training length, 8x, 32K, 128K, 1M)")
     p.add_argument("--depths", default="start,middle,end")

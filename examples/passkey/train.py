@@ -12,7 +12,7 @@ After the length curriculum, a share of the steps adds the memory of c times a f
 state at a segment boundary ("dilution augmentation", `forward_diluted`), so that 256-token
 documents teach the model what a million tokens of filler do to a memory read.
 
-The checkpoint (``export/passkey/checkpoints/passkey_{update}.npz``, the package data `infini demo`
+The checkpoint (``export/passkey/checkpoints/passkey_{update}.safetensors``, the package data `infini demo`
 reads; float32, plus a sidecar ``.json``) and a training log (``results/train_{update}.json``) are
 written at the end; everything is seeded.
 """
@@ -230,7 +230,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-len", type=int, default=256, help="length of the quick validation (0: none)")
     p.add_argument("--time-budget", type=float, default=0, help="stop after this many seconds (0: none)")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint path (default export/passkey/checkpoints/passkey_{update}.npz)")
+                   help="checkpoint path (default export/passkey/checkpoints/passkey_{update}.safetensors)")
     p.add_argument("--log", type=Path, default=None, help="training log (default results/train_{update}.json)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     meta["train_length"] = args.max_len  # the longest document seen in training
     meta["command"] = "python -m examples.passkey.train " + " ".join(argv or __import__("sys").argv[1:])
     meta["final"] = log["history"][-1] if log["history"] else {}
-    save_checkpoint(out, model.config, model.numpy_params(), meta)
+    out = save_checkpoint(out, model.config, model.numpy_params(), meta)  # safetensors (.npz -> .safetensors)
     log_path = args.log or RESULTS_DIR / f"train_{args.update}.json"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in log["args"].items()}

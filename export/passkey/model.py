@@ -1,13 +1,15 @@
 """The passkey model's configuration, checkpoint I/O and the memory-off control.
 
-The two committed checkpoints (``checkpoints/passkey_{linear,delta}.npz`` beside this file) ship
+The two committed checkpoints (``checkpoints/passkey_{linear,delta}.safetensors`` beside this file) ship
 as package data, so `infini demo` runs from an installed wheel; examples/passkey trains and
 evaluates them through these same functions.
 
-A checkpoint is one ``.npz``: the reference-layout parameter dict (float32, the names of
-``infini_attention.reference.lm_param_shapes``) plus ``__config__`` (the LMConfig as JSON): the
-format ``infini export --checkpoint`` reads. Training facts go to a sidecar ``.json``. It loads
-into the NumPy reference, the torch model and the ONNX export alike.
+A checkpoint is one ``.safetensors`` file (torch_impl/pretrained.py): the reference-layout parameters
+(float32, the names of ``infini_attention.reference.lm_param_shapes``) with the LMConfig as JSON in its
+metadata: the format ``infini export --checkpoint`` reads. Training facts go to a sidecar ``.json``. It
+loads into the NumPy reference, the torch model and the ONNX export alike. The ``.npz`` files of earlier
+versions (the arrays plus a ``__config__`` entry; the committed weights until issue 11, bit-identical)
+still load.
 """
 from __future__ import annotations
 
@@ -33,27 +35,39 @@ def default_config(update: str = "delta", segment_len: int = 32, d_model: int = 
 
 
 def checkpoint_path(update: str) -> Path:
-    return CHECKPOINT_DIR / f"passkey_{update}.npz"
+    return CHECKPOINT_DIR / f"passkey_{update}.safetensors"
 
 
 def save_checkpoint(path, config: LMConfig, params: dict, meta: dict | None = None) -> Path:
+    """Write ``params`` (float32) with ``config`` as safetensors at ``path`` (an ``.npz`` suffix becomes
+    ``.safetensors``), ``meta`` to the sidecar ``.json``. Returns the path written."""
+    import torch
+
+    from ...torch_impl.pretrained import write_file
+
     path = Path(path)
+    path = path.with_suffix(".safetensors") if path.suffix == ".npz" else path
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {n: np.asarray(a, dtype=np.float32) for n, a in params.items()}
-    arrays["__config__"] = np.array(json.dumps(config.to_dict()))
-    with open(path, "wb") as f:  # np.savez_compressed(path) would append ".npz" to other suffixes
-        np.savez_compressed(f, **arrays)
+    write_file(path, config, {n: torch.from_numpy(np.asarray(a, dtype=np.float32)) for n, a in params.items()})
     if meta is not None:
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     return path
 
 
 def load_checkpoint(path) -> tuple[LMConfig, dict[str, np.ndarray], dict]:
-    """-> (config, params as float32 arrays, meta)."""
+    """-> (config, params as float32 arrays, meta) of a safetensors checkpoint or an older ``.npz``."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        config = LMConfig.from_dict(json.loads(str(z["__config__"])))
-        params = {n: z[n] for n in z.files if not n.startswith("__")}
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            config = LMConfig.from_dict(json.loads(str(z["__config__"])))
+            params = {n: z[n] for n in z.files if not n.startswith("__")}
+    else:
+        from ...torch_impl.pretrained import read
+
+        config, tensors = read(path)  # checked against the config; a corrupt file is one line naming it
+        if config.kind != "lm":
+            raise ValueError(f"checkpoint {str(path)!r}: expected a passkey LM checkpoint, got kind {config.kind!r}")
+        params = {n: t.numpy() for n, t in tensors.items()}
     side = path.with_suffix(".json")
     meta = json.loads(side.read_text()) if side.is_file() else {}
     return config, params, meta
