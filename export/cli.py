@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--module", metavar="PKG.MOD:BUILD",
                    help="your model: BUILD() returns an nn.Module of the streaming protocol (forward(inputs, "
                         "states) -> (outputs, states); README 'Bring your model')")
-    p.add_argument("--kind", choices=["lm", "layer"], default="lm", help="with --preset: the LM or one layer")
+    p.add_argument("--kind", choices=["lm", "layer"], default=None,
+                   help="with --preset: the LM or one layer (default lm)")
     p.add_argument("-o", "--output", help="the .onnx file (default: PRESET-KIND.onnx)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="compute dtype (the state stays float32, or --state-dtype)")
@@ -115,6 +116,10 @@ def cmd_export(args) -> int:
     if args.preset and (args.checkpoint or args.module):
         raise UsageError(f"--preset: expected no --checkpoint or --module with it, got --preset {args.preset!r} and "
                          f"{'--module' if args.module else '--checkpoint'}")
+    if args.kind and (args.checkpoint or args.module):  # the file or the model says what it is
+        raise UsageError(f"--kind: expected only with --preset, got --kind {args.kind} with "
+                         f"{'--module' if args.module else '--checkpoint'}")
+    args.kind = args.kind or "lm"
     if args.module:
         return _export_module(args)
     if args.checkpoint:

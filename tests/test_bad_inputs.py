@@ -223,6 +223,8 @@ MODULE_ROWS = [
     ("checkpoint not safetensors", f"{U}:build_good", ["--checkpoint", "{d}/junk.safetensors"],
      "junk.safetensors': expected a safetensors file, cannot read it (corrupt or truncated"),
     ("with a preset", f"{U}:build_good", ["--preset", "tiny"], "--preset: expected no --checkpoint or --module with it"),
+    ("with a kind", f"{U}:build_good", ["--kind", "layer"], "--kind: expected only with --preset, got --kind layer with "
+     "--module"),
 ]
 
 # (row id, argv with {d} = the fixture directory, exit status, fragment of the one stderr line)
