@@ -30,10 +30,12 @@ def inside_piece(c: InfiniConfig, p: dict, x: torch.Tensor, st: TorchInfiniState
     if c.rope_theta is not None:  # offsets in the segment: queries and new keys n .. L-1, pending keys 0 .. n-1
         q_att, k_att = rope_heads_first(q_att, n, L, c), rope_heads_first(k_new, n, L, c)
         kp_att = rope_heads_first(k_past, 0, n, c)
-    a_dot = attend_past(q_att, kp_att, v_past, k_att, v_new, float(eq.attn_scale(c))).transpose(1, 2)  # (B, t, H, dv)
-    a_mem = eq.memory_read(eq, q, st.M, st.z, c.eps, G)  # (B, t, H, dv): the memory before the segment
-    w_mem, w_dot = eq.gate_weights(c, p["beta"], st.segments, st.M.dtype)
-    a = eq.gate(a_mem, a_dot, w_mem, w_dot)  # (B, t, H, dv)
+    # The gate runs heads first, the Attention op's layout: memory_read's own last transpose then cancels
+    # against the one below, so the two branches meet without moving either (one Transpose less per layer).
+    a_dot = attend_past(q_att, kp_att, v_past, k_att, v_new, float(eq.attn_scale(c)))  # (B, H, t, dv)
+    a_mem = eq.memory_read(eq, q, st.M, st.z, c.eps, G).transpose(1, 2)  # (B, H, t, dv): memory before the segment
+    w_mem, w_dot = eq.gate_weights(c, p["beta"], st.segments, st.M.dtype)  # (H,)
+    a = eq.gate(a_mem, a_dot, w_mem[:, None], w_dot[:, None]).transpose(1, 2)  # weights (H, 1, 1) -> (B, t, H, dv)
     y = eq.merge_heads(a.to(x.dtype)) @ p["wo"]  # (B, t, D)
     k = torch.cat((k_past, k_new), dim=2)  # (B, Hkv, L, dk): the pending keys after the call, before RoPE
     v = torch.cat((v_past, v_new), dim=2)
