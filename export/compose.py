@@ -28,6 +28,14 @@ def attend_past_onnx(q, k_past, v_past, k, v, scale: float):
     return y
 
 
+def attend_past_values_onnx(q, k_past, v_past, k, v, scale: float):
+    """torch_impl.attention_op.attend_past_values: the same Attention node, its ``present_value`` returned too."""
+    from onnxscript import opset23 as op
+
+    y, _, present_value, _ = op.Attention(q, k, v, None, k_past, v_past, is_causal=1, scale=scale)
+    return y, present_value
+
+
 def rotary_onnx(x, cos, sin, positions, heads: int, interleaved: bool):
     """torch_impl.attention_op.rotary as one opset-23 RotaryEmbedding node: x (B, t, heads, d) seen as
     (B, t, heads*d) by reshapes that need no Shape node, position ids (B, t), cos/sin the (N, d/2) tables."""
