@@ -156,6 +156,20 @@ def kernel_floor(config, threads: int, segments: int, repeats: int = 7) -> dict:
         model.ir_version = 10
         sessions[name] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
+    # ORT's MatMul on the same GEMMs, weights as initializers (prepacked, as in the exported graph)
+    from onnx import numpy_helper
+
+    mm_nodes = [helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"o{i}"]) for i in range(len(mats))]
+    mm_graph = helper.make_graph(mm_nodes, "gemms", [V(f"x{i}", F, list(x.shape)) for i, (x, _) in enumerate(mats)],
+                                 [V(f"o{i}", F, None) for i in range(len(mats))],
+                                 [numpy_helper.from_array(w.numpy(), f"w{i}") for i, (_, w) in enumerate(mats)])
+    mm_model = helper.make_model(mm_graph, opset_imports=[helper.make_opsetid("", 23)])
+    mm_model.ir_version = 10
+    mm_sess = ort.InferenceSession(mm_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    mm_feeds = {f"x{i}": x.numpy() for i, (x, _) in enumerate(mats)}
+
+    def ort_gemms():
+        mm_sess.run(None, mm_feeds)
 
     def ort_attention(name):
         def run():
@@ -164,7 +178,8 @@ def kernel_floor(config, threads: int, segments: int, repeats: int = 7) -> dict:
         return run
 
     out = {}
-    for name, fn in (("gemm", gemms), ("sdpa", sdpa), ("ort_attention_full_square", ort_attention("full")),
+    for name, fn in (("gemm", gemms), ("ort_gemm", ort_gemms), ("sdpa", sdpa),
+                     ("ort_attention_full_square", ort_attention("full")),
                      ("ort_attention_by_parts", ort_attention("parts"))):
         fn()
         times = []
@@ -175,8 +190,10 @@ def kernel_floor(config, threads: int, segments: int, repeats: int = 7) -> dict:
         out[name + "_ms_per_segment"] = 1e3 * float(np.median(times)) / S
     flops = sum(2 * T * kk * n for kk, n in shapes)
     out["gemm_gflops"] = flops / (out["gemm_ms_per_segment"] * S / 1e3) / 1e9
+    out["ort_gemm_gflops"] = flops / (out["ort_gemm_ms_per_segment"] * S / 1e3) / 1e9
     print(f"   kernels alone, {threads} thread(s), ms per segment (CPU time, median of {repeats}): dense GEMMs "
-          f"{out['gemm_ms_per_segment']:.2f} ({out['gemm_gflops']:.0f} GFLOP/s); local attention: PyTorch SDPA "
+          f"{out['gemm_ms_per_segment']:.2f} in PyTorch ({out['gemm_gflops']:.0f} GFLOP/s), "
+          f"{out['ort_gemm_ms_per_segment']:.2f} in ORT ({out['ort_gemm_gflops']:.0f} GFLOP/s); local attention: PyTorch SDPA "
           f"{out['sdpa_ms_per_segment']:.2f}, ORT's Attention op {out['ort_attention_by_parts_ms_per_segment']:.2f} "
           f"in {PARTS} query groups as exported ({out['ort_attention_full_square_ms_per_segment']:.2f} on the full "
           "causal square)")
