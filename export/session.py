@@ -1,12 +1,13 @@
 """InfiniSession: stream inputs of any length through an exported model in ONNX Runtime.
 
-The state lives in ONNX Runtime OrtValues on the session's device and is passed from one
-call to the next with IOBinding, so it never visits the host between calls (it is copied
-out only by `state()` / `save_state`). One ONNX call takes any number of tokens (the graph
-processes every segment it completes, io_spec.py); `feed` cuts a call only to first complete a
-segment left unfinished (so long calls start on a boundary) and to keep each call within
-``max_call_segments`` segments (activations stay bounded). The result is the same for any split of the stream (SPEC.md §4.3). Inputs and
-states are checked before ONNX Runtime runs (`checks.py`).
+The state lives in ONNX Runtime OrtValues on the session's device and goes from one call to the next
+without visiting the host (on CPU through ``run_with_ort_values``, on CUDA with IOBinding; engine.py);
+it is copied out only by `state()` / `save_state`. One ONNX call takes any number of tokens (the graph
+processes every segment it completes, io_spec.py); `feed` cuts a call only to first complete a segment
+left unfinished (so long calls start on a boundary) and to keep each call within ``max_call_segments``
+segments (activations stay bounded). A call that stays inside its segment (decoding) runs on the file's
+inside branch as a graph of its own (engine.py). The result is the same for any split of the stream
+(SPEC.md §4.3). Inputs and states are checked before ONNX Runtime runs (`checks.py`).
 """
 from __future__ import annotations
 
