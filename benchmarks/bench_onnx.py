@@ -10,10 +10,13 @@
 2. speed   ORT CPU vs PyTorch eager (torch_impl's fast layer, float32), the same model, side by side in
            this process, with 1 and then 2 threads each (ORT intra-op threads, torch.set_num_threads):
            prefill of 8 segments in one call (ms per segment) and decoding one token per call (ms per
-           token), for each exported file (opset 23 with the Attention op, opset 17 with MatMul/Softmax);
-           best of interleaved repeats, wall time and this thread's CPU time (the latter is what the
-           engines cost when other processes share the CPU). Targets: prefill >= 1.5x, decode >= 3x.
-           --profile: ORT's profiler (enable_profiling) on both, time per op type.
+           token; InfiniSession's decode graph), for each exported file (opset 23 with the Attention op,
+           opset 17 with MatMul/Softmax); best of interleaved repeats, wall time and the process's CPU
+           time (all its threads: what the engines cost when other processes share the CPU). Then the
+           prefill's dense GEMMs and local attention alone at their exact shapes (profile_onnx.py
+           kernel_floor), and the most any engine with those kernels could gain on PyTorch eager.
+           Targets: prefill >= 1.5x, decode >= 3x. --profile: per-op time shares of ORT (enable_profiling)
+           and PyTorch eager (torch.profiler), at one thread.
 3. state   state bytes vs a full KV cache for the paper's 12-layer model (H = Hkv = 8,
            dk = dv = 128, D = 1024, N = 2048) at 32K, 1M and 10M tokens, from the state
            OrtValues of the exported paper layer (x 12 layers).
@@ -163,11 +166,16 @@ def node_counts(files: dict) -> dict:
 
     from infini_attention.export.compose import node_counts as count
 
-    out = {name: count(onnx.load(str(path))) for name, path in files.items()}
+    from infini_attention.export.compose import inside_model
+
+    out = {}
+    for name, path in files.items():
+        model = onnx.load(str(path))
+        out[name] = dict(count(model), decode_graph=len(inside_model(model)[0].graph.node))
     print("\n   graph nodes (If branches; a Scan body counted in its branch):")
     for name, c in out.items():
-        print(f"   - {name}: decode (inside a segment) {c['inside']}, ending on a boundary {c['piece']}, "
-              f"prefill (chunk) {c['chunk']}; {c['total']} in all")
+        print(f"   - {name}: decode (inside a segment) {c['inside']} ({c['decode_graph']} in the session's decode "
+              f"graph), ending on a boundary {c['piece']}, prefill (chunk) {c['chunk']}; {c['total']} in all")
     return out
 
 
