@@ -3,8 +3,8 @@
 Two sessions over one file: the file's graph, which takes any call, and its *inside* branch on its own
 (`compose.inside_model`), which runs the calls that stay inside their segment (decoding; same inputs,
 outputs and state, so the state flows between the two). A decoding call so skips the If and the copy of
-its branch's feeds (measured: benchmarks/bench_onnx.py). The second session holds its own copy of the
-weights; ``decode_graph=False`` keeps one session.
+its branch's feeds (measured: benchmarks/bench_onnx.py). The second session is loaded on the first such
+call and holds its own copy of the weights; ``decode_graph=False`` keeps one session.
 
 The state is a dict of ONNX Runtime's own OrtValues (``onnxruntime.capi`` values, not the Python wrappers:
 wrapping 17+ outputs per call costs more than a small decoding node). On CPU they go in and come out of
@@ -31,13 +31,24 @@ class Engine:
 
     def __init__(self, path: Path, options: ort.SessionOptions, providers: list, decode_graph: bool):
         self.sess = checks.load_session(path, options, providers)
-        self.decode, self.passed = _decode_session(path, options, providers) if decode_graph else (None, {})
+        self._load = (path, options, providers) if decode_graph else None  # the decode graph, on first use
+        self._decode, self.passed = None, {}
         self.device = ("cpu", 0)
         self.set_names("", [], [])
 
+    @property
+    def decode(self):
+        """The decode graph's session (or None: off, or the file has no inside branch), loaded on first use: a
+        stream of whole segments never pays for it (its memory, a second copy of the weights)."""
+        if self._load is not None:
+            self._decode, self.passed = _decode_session(*self._load)
+            self._load = None
+            self.set_names(self.first, self.state_names, self.output_names)  # what it leaves out
+        return self._decode
+
     def run(self, piece, state: dict, inside: bool):
         decode = inside and self.decode is not None
-        sess, names = (self.decode, self.decode_names) if decode else (self.sess, self.output_names)
+        sess, names = (self._decode, self.decode_names) if decode else (self.sess, self.output_names)
         if self.device[0] == "cpu":
             feeds = dict(state)
             feeds[self.first] = _C.OrtValue.ortvalue_from_numpy(piece, _CPU)  # aliases ``piece`` (kept by the caller)
@@ -74,10 +85,10 @@ class Engine:
         """Stop the profiler of both sessions; the decode session's events (tagged ``"graph": "decode"`` in
         their args, times moved onto the main session's clock) are appended to the main session's file."""
         main = self.sess.end_profiling()
-        if self.decode is None:
+        if self._decode is None:  # never loaded (or off): nothing of it to merge
             return main
-        other = self.decode.end_profiling()
-        shift = (self.decode.get_profiling_start_time_ns() - self.sess.get_profiling_start_time_ns()) // 1000
+        other = self._decode.end_profiling()
+        shift = (self._decode.get_profiling_start_time_ns() - self.sess.get_profiling_start_time_ns()) // 1000
         events = json.loads(Path(main).read_text())
         for e in json.loads(Path(other).read_text()):
             e["ts"] = e.get("ts", 0) + shift

@@ -40,7 +40,8 @@ class InfiniSession:
     the most segments one ONNX call carries (longer inputs are cut at segment boundaries).
     profile: a file prefix for ONNX Runtime's profiler (``end_profiling()`` writes the JSON).
     decode_graph: run calls that stay inside their segment (decoding) on the file's inside branch as a graph
-    of its own (engine.py: faster, a second copy of the weights); ``decode_graph`` then says whether one loaded.
+    of its own (engine.py: faster; loaded on the first such call, a second copy of the weights);
+    ``decode_graph`` then says whether one is used.
     """
 
     def __init__(self, path, provider: str = "auto", batch: int = 1, *, intra_op_threads: int | None = None,
@@ -66,7 +67,6 @@ class InfiniSession:
         self._engine = Engine(self.path, so, choice.providers, decode_graph)
         self._sess = self._engine.sess
         self.provider_used, self.provider_reason = choice.confirm(self._sess.get_providers())
-        self.decode_graph = self._engine.decode is not None  # decoding calls run the inside branch on its own
 
         meta = checks.model_metadata(self._sess, self.path)  # config, dtypes, model_id; graph I/O checked
         self.kind, self.config = meta["kind"], meta["config"]
@@ -97,6 +97,11 @@ class InfiniSession:
         self._set_arrays(arrays, position=0)
         self._last_logits = None
         self._fresh = True
+
+    @property
+    def decode_graph(self) -> bool:
+        """Whether calls inside a segment run on the decode graph (engine.py; loaded now if not yet)."""
+        return self._engine.decode is not None
 
     @property
     def pending(self) -> int:

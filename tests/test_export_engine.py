@@ -52,7 +52,8 @@ def test_decoding_calls_run_on_the_decode_graph(files, tmp_path):
     sess.feed(ids[:, :N + 1], outputs="none")  # a chunk: the file's graph
     for i in range(N + 1, N + 4):  # three calls inside the segment: the decode graph
         sess.feed(ids[:, i:i + 1], outputs="last")
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    path = sess.end_profiling()
+    events = json.loads(Path(path).read_text())
     runs = [e for e in events if e.get("name") == "model_run"]
     decode = [e for e in runs if e.get("args", {}).get("graph") == "decode"]
     assert len(decode) == 3 and len(runs) == 4
@@ -60,7 +61,7 @@ def test_decoding_calls_run_on_the_decode_graph(files, tmp_path):
     decode_ops = {e["args"].get("op_name") for e in events
                   if e.get("cat") == "Node" and e.get("args", {}).get("graph") == "decode"}
     assert "If" not in decode_ops and "MatMul" in decode_ops
-    assert not list(tmp_path.glob("prof*decode*"))  # merged into the one file returned
+    assert [p.name for p in tmp_path.iterdir()] == [Path(path).name]  # both sessions' events in the one file
 
 
 def test_inside_model_leaves_pass_through_outputs_to_the_session(files):
@@ -75,6 +76,14 @@ def test_inside_model_leaves_pass_through_outputs_to_the_session(files):
     assert not any(n.op_type == "If" for n in inside.graph.node)
     onnx.checker.check_model(inside)
     assert inside_model(inside) == (None, {})  # not a composed file: the session keeps the file's graph alone
+
+
+def test_decode_graph_loads_on_the_first_decoding_call(files):
+    sess = InfiniSession(files[23], provider="cpu")
+    sess.feed(np.arange(N)[None] % CONFIG.vocab_size, outputs="none")  # one whole segment: the file's graph
+    assert sess._engine._decode is None  # a stream of whole segments never loads it
+    sess.feed(np.arange(1)[None], outputs="none")
+    assert sess._engine._decode is not None and sess.decode_graph
 
 
 def test_decode_graph_off_runs_one_session(files, tmp_path):
