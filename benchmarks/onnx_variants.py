@@ -127,7 +127,8 @@ def attention_kernels(repeats: int = 7) -> dict:
     tq, tk, tv = (torch.from_numpy(a) for a in (q4, k4, v4))
     runs = {"Attention (opset 23)": lambda: std.run(None, {"q": q4, "k": k4, "v": v4})[0],
             "com.microsoft GroupQueryAttention": lambda: gqa.run(["o0"], {
-                "q": q3, "k": k3, "v": v3, "seqlens_k": np.full(B, S - 1, np.int32), "total": np.array(S, np.int32)})[0],
+                "q": q3, "k": k3, "v": v3, "seqlens_k": np.full(B, S - 1, np.int32),
+                "total": np.array(S, np.int32)})[0],
             "com.microsoft MultiHeadAttention": lambda: mha.run(None, {"q": q3, "k": k3e, "v": v3e})[0],
             "PyTorch SDPA": lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True,
                                                                                      enable_gqa=True).numpy()}

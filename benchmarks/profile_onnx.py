@@ -193,8 +193,8 @@ def kernel_floor(config, threads: int, segments: int, repeats: int = 7) -> dict:
     out["ort_gemm_gflops"] = flops / (out["ort_gemm_ms_per_segment"] * S / 1e3) / 1e9
     print(f"   kernels alone, {threads} thread(s), ms per segment (CPU time, median of {repeats}): dense GEMMs "
           f"{out['gemm_ms_per_segment']:.2f} in PyTorch ({out['gemm_gflops']:.0f} GFLOP/s), "
-          f"{out['ort_gemm_ms_per_segment']:.2f} in ORT ({out['ort_gemm_gflops']:.0f} GFLOP/s); local attention: PyTorch SDPA "
-          f"{out['sdpa_ms_per_segment']:.2f}, ORT's Attention op {out['ort_attention_by_parts_ms_per_segment']:.2f} "
+          f"{out['ort_gemm_ms_per_segment']:.2f} in ORT ({out['ort_gemm_gflops']:.0f} GFLOP/s); local attention: "
+          f"PyTorch SDPA {out['sdpa_ms_per_segment']:.2f}, ORT's Attention op {out['ort_attention_by_parts_ms_per_segment']:.2f} "
           f"in {PARTS} query groups as exported ({out['ort_attention_full_square_ms_per_segment']:.2f} on the full "
           "causal square)")
     return out
