@@ -10,10 +10,13 @@
 2. speed   ORT CPU vs PyTorch eager (torch_impl's fast layer, float32), the same model, side by side in
            this process, with 1 and then 2 threads each (ORT intra-op threads, torch.set_num_threads):
            prefill of 8 segments in one call (ms per segment) and decoding one token per call (ms per
-           token), for each exported file (opset 23 with the Attention op, opset 17 with MatMul/Softmax);
-           best of interleaved repeats, wall time and this thread's CPU time (the latter is what the
-           engines cost when other processes share the CPU). Targets: prefill >= 1.5x, decode >= 3x.
-           --profile: ORT's profiler (enable_profiling) on both, time per op type.
+           token; InfiniSession's decode graph), for each exported file (opset 23 with the Attention op,
+           opset 17 with MatMul/Softmax); best of interleaved repeats, wall time and the process's CPU
+           time (all its threads: what the engines cost when other processes share the CPU). Then the
+           prefill's dense GEMMs and local attention alone at their exact shapes (profile_onnx.py
+           kernel_floor), and the most any engine with those kernels could gain on PyTorch eager.
+           Targets: prefill >= 1.5x, decode >= 3x. --profile: per-op time shares of ORT (enable_profiling)
+           and PyTorch eager (torch.profiler), at one thread.
 3. state   state bytes vs a full KV cache for the paper's 12-layer model (H = Hkv = 8,
            dk = dv = 128, D = 1024, N = 2048) at 32K, 1M and 10M tokens, from the state
            OrtValues of the exported paper layer (x 12 layers).
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_onnx.py beside this file
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "artifacts" / "bench"
 PREFILL_SEGMENTS = 8
@@ -72,16 +76,16 @@ def bench_stream(tokens: int) -> dict:
 
 
 class _Timer:
-    """Best-of wall and thread-CPU seconds per unit of a timed block."""
+    """Best-of wall and CPU seconds (this process, all its threads) per unit of a timed block."""
 
     def __init__(self):
         self.wall, self.cpu = [], []
 
     def run(self, fn, units: int):
-        w, c = time.perf_counter(), time.thread_time()
+        w, c = time.perf_counter(), time.process_time()
         fn()
         self.wall.append((time.perf_counter() - w) / units)
-        self.cpu.append((time.thread_time() - c) / units)
+        self.cpu.append((time.process_time() - c) / units)
 
     def best(self):
         return 1e3 * min(self.wall), 1e3 * min(self.cpu)
@@ -150,7 +154,17 @@ def bench_speed(threads: int, repeats: int, decode_tokens: int, files: dict) -> 
         print(f"   | ORT {name} | {pre[0]:.2f} / {pre[1]:.2f} | {r['prefill_speedup_wall']:.2f}x / "
               f"{r['prefill_speedup_cpu']:.2f}x | {dec[0]:.3f} / {dec[1]:.3f} | {r['decode_speedup_wall']:.2f}x / "
               f"{r['decode_speedup_cpu']:.2f}x |")
-    return {"threads": threads, "repeats": repeats, "load_average": os.getloadavg(), "rows": rows}
+    from profile_onnx import kernel_floor
+
+    floor = kernel_floor(config, threads, S)
+    bound = t_pre[1] / (floor["gemm_ms_per_segment"] + floor["sdpa_ms_per_segment"])
+    bound_ort = t_pre[1] / (floor["ort_gemm_ms_per_segment"] + floor["ort_attention_by_parts_ms_per_segment"])
+    print(f"   PyTorch eager prefill (CPU) / (GEMMs + local attention alone) = {bound:.2f}x with PyTorch's kernels, "
+          f"{bound_ort:.2f}x with ORT's (MatMul, Attention op as exported): the most an engine with those kernels "
+          "could gain if everything else (memory, RoPE, norms, gate, activations, layout) cost nothing")
+    return {"threads": threads, "repeats": repeats, "load_average": os.getloadavg(), "rows": rows,
+            "kernels_alone": floor, "prefill_bound_vs_torch_sdpa": bound, "prefill_bound_vs_torch_ort_attention":
+            bound_ort}
 
 
 def node_counts(files: dict) -> dict:
@@ -158,45 +172,40 @@ def node_counts(files: dict) -> dict:
 
     from infini_attention.export.compose import node_counts as count
 
-    out = {name: count(onnx.load(str(path))) for name, path in files.items()}
+    from infini_attention.export.compose import inside_model
+
+    out = {}
+    for name, path in files.items():
+        model = onnx.load(str(path))
+        out[name] = dict(count(model), decode_graph=len(inside_model(model)[0].graph.node))
     print("\n   graph nodes (If branches; a Scan body counted in its branch):")
     for name, c in out.items():
-        print(f"   - {name}: decode (inside a segment) {c['inside']}, ending on a boundary {c['piece']}, "
-              f"prefill (chunk) {c['chunk']}; {c['total']} in all")
+        print(f"   - {name}: decode (inside a segment) {c['inside']} ({c['decode_graph']} in the session's decode "
+              f"graph), ending on a boundary {c['piece']}, prefill (chunk) {c['chunk']}; {c['total']} in all")
     return out
 
 
 def profile(files: dict, decode_tokens: int) -> dict:
-    """ORT's profiler on one prefill call and on decoding: microseconds per call, by op type."""
-    from infini_attention.export import InfiniSession, preset_config
+    """Per-op time shares of ORT and PyTorch eager, and the dense GEMMs and local attention alone
+    (benchmarks/profile_onnx.py), at 1 thread."""
+    import torch
 
-    N = preset_config("small").attn.segment_len
-    ids = np.random.default_rng(1).integers(0, 256, (1, (PREFILL_SEGMENTS + 1) * N + decode_tokens))
-    out = {}
-    for name, path in files.items():
-        for mode in ("prefill", "decode"):
-            sess = InfiniSession(path, provider="cpu", intra_op_threads=1, profile=str(OUT / f"profile-{name}-{mode}"))
-            sess.feed(ids[:, :N], outputs="none")  # warm-up: its events are left out below
-            if mode == "prefill":
-                sess.feed(ids[:, N:(PREFILL_SEGMENTS + 1) * N], outputs="none")
-                calls = 1
-            else:
-                for i in range((PREFILL_SEGMENTS + 1) * N, (PREFILL_SEGMENTS + 1) * N + decode_tokens):
-                    sess.feed(ids[:, i:i + 1], outputs="last")
-                calls = decode_tokens
-            events = json.loads(Path(sess.end_profiling()).read_text())
-            first = min((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-            skip = first["ts"] + first["dur"]  # the end of the warm-up call
-            by_op = collections.Counter()
-            for e in events:
-                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] > skip:
-                    if e["args"].get("op_name") != "If":  # an If's time is its branch's nodes, counted themselves
-                        by_op[e["args"].get("op_name")] += e["dur"] / calls
-            out[name, mode] = dict(by_op.most_common(12))
-            top = ", ".join(f"{op} {us / 1e3:.2f} ms" if mode == "prefill" else f"{op} {us:.0f} us"
-                            for op, us in by_op.most_common(8))
-            print(f"   profile {name} {mode} (per call, profiler on): {top}")
-    return {f"{k[0]}/{k[1]}": v for k, v in out.items()}
+    from infini_attention.export import preset_config, preset_params
+    from infini_attention.torch_impl import InfiniTransformerLM
+    from profile_onnx import kernel_floor, ort_profile, torch_profile
+
+    config = preset_config("small")
+    N = config.attn.segment_len
+    ids = np.random.default_rng(1).integers(0, config.vocab_size, (1, (PREFILL_SEGMENTS + 1) * N + decode_tokens))
+    print("\n   profiles, 1 thread, per call (profilers slow every op: read the shares)")
+    out = {name: ort_profile(path, ids, N, PREFILL_SEGMENTS, decode_tokens,
+                             str(OUT / f"profile-{name.replace(' ', '')}"), name) for name, path in files.items()}
+    torch.set_num_threads(1)
+    model = InfiniTransformerLM.from_numpy(config, preset_params(config, 0), dtype=torch.float32,
+                                           check_values=False).eval()
+    out["torch"] = torch_profile(model, torch.as_tensor(ids), N, PREFILL_SEGMENTS, decode_tokens)
+    out["kernels_alone"] = kernel_floor(config, 1, PREFILL_SEGMENTS)
+    return out
 
 
 def bench_state_size() -> dict:

@@ -136,7 +136,7 @@ for name, (o, t) in rows.items():
 
 # --- which provider ran each node (ORT's profiler) --------------------------------------------------------
 prof = InfiniSession(out_dir / "small.onnx", provider="cuda", profile=str(out_dir / "cuda_profile"))
-prof.feed(ids[:, :9 * N + 3], outputs="none")  # chunk branch, then the inside branch below
+prof.feed(ids[:, :9 * N + 3], outputs="none")  # the chunk branch, then the session's decode graph below
 for i in range(9 * N + 3, 9 * N + 40):
     prof.feed(ids[:, i:i + 1], outputs="none")
 events = json.loads(Path(prof.end_profiling()).read_text())

@@ -18,6 +18,8 @@ from ..reference import io_spec
 from ..reference.validate import check_pending, check_token_ids
 from ..reference.io_spec import FORMAT, METADATA_KEYS, OLD_FORMATS
 
+_INT_DTYPES = frozenset(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                                                np.uint64))
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
                "tensor(double)": "float64"}
 
@@ -132,7 +134,13 @@ def check_chunk(sess, chunk) -> np.ndarray:
     if sess.config.takes_tokens:
         if arr.ndim == 1 and B == 1:
             arr = arr[None]
-        check_token_ids(sess.config.input_width, arr, "input_ids", batch=B)
+        # The common case in a few NumPy calls (a decoding loop pays for every one); anything else, and every
+        # failure, goes through check_token_ids, whose conditions these are and which names what is wrong.
+        vocab = sess.config.input_width
+        fine = (arr.dtype in _INT_DTYPES and arr.ndim == 2 and arr.shape[0] == B
+                and (arr.size == 0 or (arr.min() >= 0 and arr.max() < vocab)))
+        if not fine:
+            check_token_ids(vocab, arr, "input_ids", batch=B)
         return arr.astype(np.int64, copy=False)
     D = sess.config.input_width
     width = "d_model" if sess.kind == "layer" else "d_input"

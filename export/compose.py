@@ -28,6 +28,14 @@ def attend_past_onnx(q, k_past, v_past, k, v, scale: float):
     return y
 
 
+def attend_past_values_onnx(q, k_past, v_past, k, v, scale: float):
+    """torch_impl.attention_op.attend_past_values: the same Attention node, its ``present_value`` returned too."""
+    from onnxscript import opset23 as op
+
+    y, _, present_value, _ = op.Attention(q, k, v, None, k_past, v_past, is_causal=1, scale=scale)
+    return y, present_value
+
+
 def rotary_onnx(x, cos, sin, positions, heads: int, interleaved: bool):
     """torch_impl.attention_op.rotary as one opset-23 RotaryEmbedding node: x (B, t, heads, d) seen as
     (B, t, heads*d) by reshapes that need no Shape node, position ids (B, t), cos/sin the (N, d/2) tables."""
@@ -159,3 +167,38 @@ def node_counts(model: onnx.ModelProto) -> dict:
             if attr.g.name != "tail_branch":
                 out[attr.g.name.replace("_branch", "")] = sum(1 for _ in all_nodes(attr.g))
     return out
+
+
+def inside_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict] | tuple[None, dict]:
+    """The *inside* branch of a composed file as a model of its own, or (None, {}) for a file not shaped by
+    `compose`. A runtime that knows a call stays inside its segment (decoding) runs it without the If: ONNX
+    Runtime spends more on an If and its subgraph's feeds than on a small node.
+
+    Same inputs and initializers; outputs that the branch passes through unchanged (M, z and past_segments:
+    such a call writes nothing, SPEC.md §7) are left out, returned as {output: input} for the runtime to carry
+    over itself (their Identity nodes and values cost more than the rest of some layers)."""
+    top = [n for n in model.graph.node if n.op_type == "If"]
+    branch = next((a.g for a in top[0].attribute if a.name == "then_branch"), None) if len(top) == 1 else None
+    if branch is None or branch.name != "inside_branch" or len(branch.output) != len(model.graph.output):
+        return None, {}
+    to_outer = {o.name: v.name for o, v in zip(branch.output, model.graph.output)}  # "inside/logits" -> "logits"
+    inputs = {v.name for v in model.graph.input}
+    passed = {to_outer[n.output[0]]: n.input[0] for n in branch.node
+              if n.op_type == "Identity" and n.input[0] in inputs and n.output[0] in to_outer}
+    nodes = []
+    for node in branch.node:
+        if node.op_type == "Identity" and to_outer.get(node.output[0]) in passed:
+            continue
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.output[:] = [to_outer.get(n, n) for n in copy.output]
+        copy.input[:] = [to_outer.get(n, n) for n in copy.input]
+        nodes.append(copy)
+    used = {n for node in all_nodes(helper.make_graph(nodes, "used", [], [])) for n in node.input}
+    graph = helper.make_graph(nodes, "infini_attention_inside", list(model.graph.input),
+                              [v for v in model.graph.output if v.name not in passed],
+                              [i for i in model.graph.initializer if i.name in used],
+                              value_info=[v for v in branch.value_info if v.name not in to_outer])
+    out = helper.make_model(graph, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    return out, passed

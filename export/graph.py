@@ -32,7 +32,8 @@ from ..torch_impl import TorchInfiniState, attention_layers, lm, model_step, nai
 from ..torch_impl.chunk import chunk_forward, form_mode
 from ..torch_impl.decode import inside_piece
 from ..torch_impl.export_forms import equations, lm_norms, norm_op
-from .compose import all_nodes, attend_past_onnx, keep_attention_present, rotary_heads_first_onnx, rotary_onnx
+from .compose import (all_nodes, attend_past_onnx, attend_past_values_onnx, keep_attention_present,
+                      rotary_heads_first_onnx, rotary_onnx)
 
 EXPORTERS = ("dynamo", "torchscript")
 TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's newest opset (it has no Attention op)
@@ -131,6 +132,7 @@ def _dynamo(module, config, example, names_in, names_out, opset) -> onnx.ModelPr
         if spec.layer is not None:  # key/value (batch, Hkv, past_len, d); M, z (batch, ...)
             past.append({0: batch, 2: past_len} if "past_len" in spec.dims else {0: batch})
     table = {torch.ops.infini_attention.attend_past.default: attend_past_onnx,
+             torch.ops.infini_attention.attend_past_values.default: attend_past_values_onnx,
              torch.ops.infini_attention.rotary.default: rotary_onnx,
              torch.ops.infini_attention.rotary_heads_first.default: rotary_heads_first_onnx}
     registry = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"

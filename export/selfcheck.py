@@ -1,8 +1,9 @@
 """The exporter's self-check: ONNX Runtime against the float64 reference, streamed over many calls.
 
 Random inputs go through the exported file in uneven pieces (a prefill crossing a segment
-boundary, then one token at a time across the next boundary, then a chunk, at batch 2; another
-split at batch 1) and through the reference in one call; outputs and every state tensor must agree
+boundary, then one token at a time across the next boundary, then a chunk, at batch 2, with
+InfiniSession's decode graph; another split at batch 1 through the file's graph alone) and through
+the reference in one call; outputs and every state tensor must agree
 within the dtype's tolerance (conformance/tolerances.py).
 
 Trained weights. The tolerance table is calibrated on random weights. A trained model can be worse
@@ -47,10 +48,13 @@ def self_check(path, config, rounded: dict | None = None, *, dtype: str = "float
     reference = reference or SpecReference(config, rounded, dtype)
     N = config.segment_len
     rng = np.random.default_rng(seed)
-    plans = [(2, [N + N // 2 + 1] + [1] * (N + 1) + [N + 2]), (1, [2, N, 1, 3])]  # (batch, split)
+    # (batch, split, decode graph): the session's decode graph (engine.py) takes the one-token calls of the first
+    # plan; the second runs every call through the file's own graph (its If), as any other runtime would
+    plans = [(2, [N + N // 2 + 1] + [1] * (N + 1) + [N + 2], True), (1, [2, N, 1, 3], False)]
     lines = []
-    sess = InfiniSession(path, provider=provider)
-    for batch, split in plans:
+    sessions = {flag: InfiniSession(path, provider=provider, decode_graph=flag) for flag in (True, False)}
+    for batch, split, decode_graph in plans:
+        sess = sessions[decode_graph]
         T = sum(split)
         if config.takes_tokens:
             inp = rng.integers(0, config.input_width, (batch, T))
@@ -58,7 +62,7 @@ def self_check(path, config, rounded: dict | None = None, *, dtype: str = "float
             inp = rng.standard_normal((batch, T, config.input_width)).astype(dtype)
         expected, states = reference.expected(inp)
         out = feed_split(sess, inp, split)
-        tag = f"batch {batch}, {T} tokens in {len(split)} calls"
+        tag = f"batch {batch}, {T} tokens in {len(split)} calls{' (decode graph)' if sess.decode_graph else ''}"
         baseline = _Baseline(reference, inp)
         lines.append(_check(f"{tag}: {'logits' if config.takes_tokens else 'y'}", out, expected,
                             OUTPUT_TOLERANCES, dtype, lambda: baseline.output))

@@ -1,12 +1,13 @@
 """InfiniSession: stream inputs of any length through an exported model in ONNX Runtime.
 
-The state lives in ONNX Runtime OrtValues on the session's device and is passed from one
-call to the next with IOBinding, so it never visits the host between calls (it is copied
-out only by `state()` / `save_state`). One ONNX call takes any number of tokens (the graph
-processes every segment it completes, io_spec.py); `feed` cuts a call only to first complete a
-segment left unfinished (so long calls start on a boundary) and to keep each call within
-``max_call_segments`` segments (activations stay bounded). The result is the same for any split of the stream (SPEC.md §4.3). Inputs and
-states are checked before ONNX Runtime runs (`checks.py`).
+The state lives in ONNX Runtime OrtValues on the session's device and goes from one call to the next
+without visiting the host (on CPU through ``run_with_ort_values``, on CUDA with IOBinding; engine.py);
+it is copied out only by `state()` / `save_state`. One ONNX call takes any number of tokens (the graph
+processes every segment it completes, io_spec.py); `feed` cuts a call only to first complete a segment
+left unfinished (so long calls start on a boundary) and to keep each call within ``max_call_segments``
+segments (activations stay bounded). A call that stays inside its segment (decoding) runs on the file's
+inside branch as a graph of its own (engine.py). The result is the same for any split of the stream
+(SPEC.md §4.3). Inputs and states are checked before ONNX Runtime runs (`checks.py`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import onnxruntime as ort
 
 from ..reference import io_spec
 from . import checks
+from .engine import Engine
 from .providers import select_provider
 from .statefile import _remove_orphans, _umask
 
@@ -37,11 +39,14 @@ class InfiniSession:
     threads busy-wait between calls (lower latency on an otherwise idle machine). max_call_segments:
     the most segments one ONNX call carries (longer inputs are cut at segment boundaries).
     profile: a file prefix for ONNX Runtime's profiler (``end_profiling()`` writes the JSON).
+    decode_graph: run calls that stay inside their segment (decoding) on the file's inside branch as a graph
+    of its own (engine.py: faster; loaded on the first such call, a second copy of the weights);
+    ``decode_graph`` then says whether one is used.
     """
 
     def __init__(self, path, provider: str = "auto", batch: int = 1, *, intra_op_threads: int | None = None,
                  spinning: bool = False, cuda_options: dict | None = None,
-                 max_call_segments: int = MAX_CALL_SEGMENTS, profile: str | None = None):
+                 max_call_segments: int = MAX_CALL_SEGMENTS, profile: str | None = None, decode_graph: bool = True):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model: expected an .onnx file exported by `infini export`, got {str(path)!r}")
@@ -59,7 +64,8 @@ class InfiniSession:
         # between, and on a shared CPU spinning halved prefill throughput (median 30 vs 18 ms/segment).
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         choice = select_provider(provider, cuda_options)
-        self._sess = checks.load_session(self.path, so, choice.providers)
+        self._engine = Engine(self.path, so, choice.providers, decode_graph)
+        self._sess = self._engine.sess
         self.provider_used, self.provider_reason = choice.confirm(self._sess.get_providers())
 
         meta = checks.model_metadata(self._sess, self.path)  # config, dtypes, model_id; graph I/O checked
@@ -73,8 +79,9 @@ class InfiniSession:
         self.outputs = [s for s in self.specs if s.direction == "out"]
         self.state_specs = [s for s in self.inputs if s.is_state]  # past_segments, then k, v, M, z per layer
         self._key0 = self.state_specs[1].name  # past_key_values.0.key: its dim 2 is the pending length
-        self._device = ("cuda", choice.device_id) if self.provider_used == "CUDAExecutionProvider" else ("cpu", 0)
-        self._output_names = [s.name for s in self.outputs]
+        e = self._engine
+        e.device = ("cuda", choice.device_id) if self.provider_used == "CUDAExecutionProvider" else ("cpu", 0)
+        e.set_names(self.inputs[0].name, [s.name for s in self.state_specs], [s.name for s in self.outputs])
         self.reset(batch)
 
     # ------------------------------------------------------------------------- state
@@ -90,6 +97,11 @@ class InfiniSession:
         self._set_arrays(arrays, position=0)
         self._last_logits = None
         self._fresh = True
+
+    @property
+    def decode_graph(self) -> bool:
+        """Whether calls inside a segment run on the decode graph (engine.py; loaded now if not yet)."""
+        return self._engine.decode is not None
 
     @property
     def pending(self) -> int:
@@ -216,7 +228,7 @@ class InfiniSession:
 
     def end_profiling(self) -> str:
         """Stop ONNX Runtime's profiler (``profile=`` prefix) and return the JSON file it wrote."""
-        return self._sess.end_profiling()
+        return self._engine.end_profiling()
 
     # ---------------------------------------------------------------------- internals
 
@@ -237,38 +249,19 @@ class InfiniSession:
 
     def _run_piece(self, piece: np.ndarray) -> np.ndarray:
         """One ONNX call: ``piece`` (B, t[, D]), any t >= 1, from the current state."""
-        piece = np.ascontiguousarray(piece)
-        raw = getattr(self._sess, "_sess", None)  # the C session under ORT's Python wrapper
-        if self._device[0] == "cpu" and raw is not None:
-            # On CPU the state is host memory anyway: OrtValues in, OrtValues out, no IOBinding, whose binding
-            # of 17+ values costs ~0.1 ms of a ~0.5 ms decoding call.
-            feeds = {name: value._ortvalue for name, value in self._state.items()}
-            feeds[self.inputs[0].name] = ort.OrtValue.ortvalue_from_numpy(piece)._ortvalue
-            values = [ort.OrtValue(v) for v in raw.run_with_ort_values(feeds, self._output_names, None)]
-        else:  # CUDA: outputs bound to the device, so the state never visits the host between calls
-            io = self._sess.io_binding()
-            io.bind_cpu_input(self.inputs[0].name, piece)
-            for name, value in self._state.items():
-                io.bind_ortvalue_input(name, value)
-            io.bind_output(self.outputs[0].name, "cpu")
-            for spec in self.outputs[1:]:
-                io.bind_output(spec.name, self._device[0], self._device[1])
-            self._sess.run_with_iobinding(io)
-            values = io.get_outputs()
-        # outputs 1.. are present_* in the order of the past_* inputs (io_spec.py)
-        self._state = {s.name: v for s, v in zip(self.state_specs, values[1:])}
-        self._fresh = False
+        piece = np.ascontiguousarray(piece)  # alive until the call returns: its OrtValue aliases it on CPU
         L = self._pending + piece.shape[1]
+        out, self._state = self._engine.run(piece, self._state, inside=L < self.segment_len)
+        self._fresh = False
         self._pending, self._segments = L % self.segment_len, self._segments + L // self.segment_len
         self.position += piece.shape[1]
-        return np.array(values[0].numpy(), copy=True)  # owned by the caller, not aliasing ORT's buffer
+        return np.array(out.numpy(), copy=True)  # owned by the caller, not aliasing ORT's buffer
 
     def _set_arrays(self, arrays: dict, position: int) -> None:
-        kind, dev = self._device
         # On CPU an OrtValue made from NumPy wraps the array's memory without owning it: keep our own
         # copies alive for as long as these values may be bound (until the next _set_arrays).
         self._host_arrays = {s.name: np.array(arrays[s.name], copy=True, order="C") for s in self.state_specs}
-        self._state = {n: ort.OrtValue.ortvalue_from_numpy(a, kind, dev) for n, a in self._host_arrays.items()}
+        self._state = {n: self._engine.from_numpy(a) for n, a in self._host_arrays.items()}
         self._pending, self._segments = self._pending_of(arrays), self._segments_of(arrays)
         self.batch = int(np.shape(arrays[self._key0])[0])
         self.position = int(position)
@@ -282,7 +275,7 @@ class InfiniSession:
         return int(np.asarray(arrays["past_segments"]))
 
 
-def _itemsize(value: ort.OrtValue) -> int:
+def _itemsize(value) -> int:
     return {"tensor(float)": 4, "tensor(float16)": 2, "tensor(int64)": 8, "tensor(double)": 8}[value.data_type()]
 
 

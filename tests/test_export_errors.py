@@ -284,3 +284,24 @@ def test_export_option_errors(tmp_path, capsys):
     assert main(["export", "--exporter", "torchscript", "--opset", "23", "-o", str(tmp_path / "x.onnx")]) == 2
     assert "--opset: expected at most 20 with exporter 'torchscript'" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_empty_chunk_returns_empty_without_running_the_graph(models, monkeypatch):
+    """issue 10's bad-input row 'a chunk that is empty': a (B, 0) call is valid and gives (B, 0, V) with the state
+    untouched, without reaching ONNX Runtime; an empty array of the wrong kind is refused naming the argument."""
+    sess = InfiniSession(models / "lm.onnx", provider="cpu")
+    sess.feed(np.arange(5))
+    before, position = sess.state(), sess.position
+
+    def no_run(*_, **__):
+        raise AssertionError("ONNX Runtime ran for an empty call")
+
+    monkeypatch.setattr(sess._engine, "run", no_run)
+    out = sess.feed(np.zeros((1, 0), np.int64))
+    assert out.shape == (1, 0, sess.config.vocab_size) and sess.feed(np.zeros((1, 0), np.int64), outputs="last") is None
+    assert sess.position == position and all(np.array_equal(before[k], v) for k, v in sess.state().items())
+    with pytest.raises(ValueError, match=r"input_ids: expected an integer array of shape \(batch=1, T\), got float64"):
+        sess.feed(np.array([]))
+    layer = InfiniSession(models / "layer.onnx", provider="cpu")
+    monkeypatch.setattr(layer._engine, "run", no_run)
+    assert layer.feed(np.zeros((1, 0, layer.attn.d_model), np.float32)).shape == (1, 0, layer.attn.d_model)

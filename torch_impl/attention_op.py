@@ -45,6 +45,20 @@ def _(q, k_past, v_past, k, v, scale):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
+@torch.library.custom_op("infini_attention::attend_past_values", mutates_args=())
+def attend_past_values(q: torch.Tensor, k_past: torch.Tensor, v_past: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attend_past`` and the values it attended to, v_past then v (B, Hkv, n + t, dv): the Attention op's
+    ``present_value`` output, which it computes anyway and the decoding form keeps as the state's values."""
+    return attend_past(q, k_past, v_past, k, v, scale), torch.cat((v_past, v), dim=2)
+
+
+@attend_past_values.register_fake
+def _(q, k_past, v_past, k, v, scale):
+    return q.new_empty((*q.shape[:-1], v.shape[-1])), v.new_empty((*v.shape[:2], v_past.shape[2] + v.shape[2],
+                                                                   v.shape[3]))
+
+
 def attention_op(q, k, v, scale: float, mask: torch.Tensor) -> torch.Tensor:
     """``naive.local_attention`` through ``attend_past``: q (B, t, H, dk), k (B, L, H', dk), v (B, L, H', dv)
     with the t queries at offsets L - t .. L - 1 (``mask`` = ``naive.visible(L - t, t)``, not read) -> (B, t, H, dv)."""

@@ -4,8 +4,9 @@ It is ``naive.segment_piece`` for such a call (no segment completes, so nothing 
 the keys and values kept as the state holds them, (B, Hkv, L, d), and local attention as one Attention op
 whose past inputs are the pending keys/values (``attention_op``): the pending keys (before RoPE, §5.1) and
 the new ones are rotated each at their own offsets, so no slice of the timeline is needed, and the state out
-is the state in with the new keys appended. Every node saved is time saved when decoding, where ONNX Runtime
-spends more per node than per flop. tests/test_export_forms.py proves it equal to the reference.
+is the state in with the new keys and values appended (the values as the Attention op's own ``present_value``).
+Every node saved is time saved when decoding, where ONNX Runtime spends more per node than per flop.
+tests/test_export_forms.py proves it equal to the reference.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from infini_attention.reference import InfiniConfig
 
 from . import naive
-from .attention_op import attend_past, rope_heads_first
+from .attention_op import attend_past_values, rope_heads_first
 from .state import TorchInfiniState
 
 
@@ -30,11 +31,13 @@ def inside_piece(c: InfiniConfig, p: dict, x: torch.Tensor, st: TorchInfiniState
     if c.rope_theta is not None:  # offsets in the segment: queries and new keys n .. L-1, pending keys 0 .. n-1
         q_att, k_att = rope_heads_first(q_att, n, L, c), rope_heads_first(k_new, n, L, c)
         kp_att = rope_heads_first(k_past, 0, n, c)
-    a_dot = attend_past(q_att, kp_att, v_past, k_att, v_new, float(eq.attn_scale(c))).transpose(1, 2)  # (B, t, H, dv)
-    a_mem = eq.memory_read(eq, q, st.M, st.z, c.eps, G)  # (B, t, H, dv): the memory before the segment
-    w_mem, w_dot = eq.gate_weights(c, p["beta"], st.segments, st.M.dtype)
-    a = eq.gate(a_mem, a_dot, w_mem, w_dot)  # (B, t, H, dv)
+    # The gate runs heads first, the Attention op's layout: memory_read's own last transpose then cancels
+    # against the one below, so the two branches meet without moving either (one Transpose less per layer).
+    scale = float(eq.attn_scale(c))
+    a_dot, v = attend_past_values(q_att, kp_att, v_past, k_att, v_new, scale)  # (B, H, t, dv), (B, Hkv, L, dv)
+    a_mem = eq.memory_read(eq, q, st.M, st.z, c.eps, G).transpose(1, 2)  # (B, H, t, dv): memory before the segment
+    w_mem, w_dot = eq.gate_weights(c, p["beta"], st.segments, st.M.dtype)  # (H,)
+    a = eq.gate(a_mem, a_dot, w_mem[:, None], w_dot[:, None]).transpose(1, 2)  # weights (H, 1, 1) -> (B, t, H, dv)
     y = eq.merge_heads(a.to(x.dtype)) @ p["wo"]  # (B, t, D)
     k = torch.cat((k_past, k_new), dim=2)  # (B, Hkv, L, dk): the pending keys after the call, before RoPE
-    v = torch.cat((v_past, v_new), dim=2)
     return y, TorchInfiniState(st.M, st.z, k, v, st.segments)
