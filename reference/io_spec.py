@@ -99,19 +99,21 @@ def kind_of(config) -> str:
     return config.kind
 
 
-def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32", state_dtype: str = "float32"
-          ) -> list[TensorSpec]:
-    """The concrete inputs then outputs of the graph exported for ``config``, in graph order."""
+def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32", state_dtype: str = "float32",
+          table: tuple = _TABLE) -> list[TensorSpec]:
+    """The concrete inputs then outputs of the graph exported for ``config``, in graph order (``table``:
+    ``_TABLE``, or ``RAGGED_TABLE`` for the many-streams layout)."""
     for name, value, allowed in (("compute_dtype", compute_dtype, COMPUTE_DTYPES),
                                  ("state_dtype", state_dtype, STATE_DTYPES)):
         if value not in allowed:
             raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
     kind, attn, n_layers = kind_of(config), config.attn, config.n_layers
     sizes = {"d_model": attn.d_model, "n_kv_heads": attn.n_kv_heads, "d_key": attn.d_key,
-             "d_value": attn.d_value, "vocab_size": getattr(config, "vocab_size", None)}
+             "d_value": attn.d_value, "vocab_size": getattr(config, "vocab_size", None),
+             "segment_len": attn.segment_len}
     out = []
     for direction in ("in", "out"):
-        rows = [r for r in _TABLE if r[1] == direction and r[4] in (kind, "both")]
+        rows = [r for r in table if r[1] == direction and r[4] in (kind, "both")]
         plain, per_layer = [r for r in rows if "{i}" not in r[0]], [r for r in rows if "{i}" in r[0]]
         for layer, group in [(None, plain)] + [(i, per_layer) for i in range(n_layers)]:
             for name, _, dims, dtype, _ in group:  # graph order: plain rows, then layer 0's, layer 1's, ...
@@ -141,3 +143,35 @@ def markdown_table(config, compute_dtype="float32", state_dtype="float32") -> st
     for s in specs(config, compute_dtype, state_dtype):
         rows.append(f"| `{s.name}` | {s.direction} | ({', '.join(map(str, s.dims))}) | {s.dtype} |")
     return "\n".join(rows)
+
+
+# Many streams in one call (SPEC.md §4.4, §14.3): every batch row is its own stream. The per-row fields replace
+# the shared counter and the past_len dim: pending keys/values sit in segment_len slots per row, of which
+# ``past_pending[b]`` are valid (the rest zero); ``chunk_lengths[b]`` of the call's (padded) chunk are real, with
+# past_pending[b] + chunk_lengths[b] <= segment_len. Padding is never attended nor written; its outputs are 0.
+RAGGED_FORMAT = "infini-attention-onnx-ragged/1"
+RAGGED_TABLE = (
+    ("input_ids", "in", ("batch", "chunk"), "int64", "lm"),
+    ("x", "in", ("batch", "chunk", "d_model"), "compute", "layer"),
+    ("chunk_lengths", "in", ("batch",), "int64", "both"),
+    ("past_pending", "in", ("batch",), "int64", "both"),
+    ("past_segments", "in", ("batch",), "int64", "both"),
+    ("past_key_values.{i}.key", "in", ("batch", "n_kv_heads", "segment_len", "d_key"), "float32", "both"),
+    ("past_key_values.{i}.value", "in", ("batch", "n_kv_heads", "segment_len", "d_value"), "float32", "both"),
+    ("past_memory.{i}.M", "in", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
+    ("past_memory.{i}.z", "in", ("batch", "n_kv_heads", "d_key"), "state", "both"),
+    ("logits", "out", ("batch", "chunk", "vocab_size"), "float32", "lm"),
+    ("y", "out", ("batch", "chunk", "d_model"), "compute", "layer"),
+    ("present_pending", "out", ("batch",), "int64", "both"),
+    ("present_segments", "out", ("batch",), "int64", "both"),
+    ("present.{i}.key", "out", ("batch", "n_kv_heads", "segment_len", "d_key"), "float32", "both"),
+    ("present.{i}.value", "out", ("batch", "n_kv_heads", "segment_len", "d_value"), "float32", "both"),
+    ("present_memory.{i}.M", "out", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
+    ("present_memory.{i}.z", "out", ("batch", "n_kv_heads", "d_key"), "state", "both"),
+)
+RAGGED_ROW_FIELDS = ("chunk_lengths", "past_pending", "past_segments")  # the per-row inputs before the layers'
+
+
+def ragged_specs(config, compute_dtype="float32", state_dtype="float32") -> list[TensorSpec]:
+    """The many-streams graph's inputs then outputs, in graph order (RAGGED_TABLE)."""
+    return specs(config, compute_dtype, state_dtype, RAGGED_TABLE)
