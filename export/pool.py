@@ -143,7 +143,7 @@ class StreamPool:
             arrays, meta = checks.read_state_file(self, source)
         if np.shape(arrays[self._key0])[0] != 1:
             raise ValueError(f"state: expected a state of one stream (batch 1), got batch {np.shape(arrays[self._key0])[0]}")
-        self._streams[key] = _Stream({s.name: np.ascontiguousarray(arrays[s.name]) for s in self.state_specs},
+        self._streams[key] = _Stream({s.name: np.array(arrays[s.name], order="C") for s in self.state_specs},
                                      int(meta["position"]))
         return key
 
@@ -159,7 +159,10 @@ class StreamPool:
             arr = arr[0]
         name = f"stream {str(stream_id)!r}: " + ("input_ids" if self.kind == "lm" else "x")
         if self.kind == "lm":
-            check_token_ids(self.config.vocab_size, arr[None] if arr.ndim == 1 else arr, name, batch=1)
+            if arr.ndim != 1:
+                raise ValueError(f"{name}: expected integer ids of shape (T,) or (1, T), got {arr.dtype} "
+                                 f"{tuple(arr.shape)}")
+            check_token_ids(self.config.vocab_size, arr[None], name)
             arr = arr.astype(np.int64, copy=False)
         else:
             D = self.attn.d_model
