@@ -249,8 +249,8 @@ class StreamPool:
         for b, p in enumerate(pieces):
             first[b, :len(p)] = p
         pend = np.array([self._pending(s) for s in states], np.int64)
-        feeds = {self._inputs[0]: first, "chunk_lengths": np.array(lens, np.int64), "past_pending": pend,
-                 "past_segments": np.array([int(s["past_segments"]) for s in states], np.int64)}
+        feeds = {self._inputs[0]: first, "chunk_lengths": np.array(lens, np.int64)[:, None], "past_pending": pend[:, None],
+                 "past_segments": np.array([int(s["past_segments"]) for s in states], np.int64)[:, None]}
         for spec in self.state_specs[1:]:  # key/value padded to N slots (zeros after the n valid ones), M, z
             pad = "past_key_values" in spec.name
             feeds[spec.name] = np.concatenate([np.pad(s[spec.name], ((0, 0), (0, 0), (0, N - s[spec.name].shape[2]),
@@ -259,8 +259,8 @@ class StreamPool:
         values = dict(zip(self._outputs, self._sess.run(self._outputs, feeds)))
         new = []
         for b in range(B):
-            n = int(values["present_pending"][b])
-            st = {"past_segments": np.array(values["present_segments"][b], np.int64)}
+            n = int(values["present_pending"][b, 0])
+            st = {"past_segments": np.array(values["present_segments"][b, 0], np.int64)}
             for spec in self.state_specs[1:]:
                 out = values[spec.name.replace("past_key_values", "present").replace("past_memory", "present_memory")]
                 st[spec.name] = np.ascontiguousarray(out[b:b + 1, :, :n] if "past_key_values" in spec.name

@@ -39,6 +39,7 @@ class RaggedGraphStep(nn.Module):
         assert len(STATE_FIELDS) == 4  # key, value, M, z: the slicing below follows this order
 
     def forward(self, first, lengths, pending, segments, *past):
+        lengths, pending, segments = lengths[:, 0], pending[:, 0], segments[:, 0]  # (batch, 1) -> (batch,)
         dt = self.compute_dtype
         states = [RaggedState(M=past[4 * i + 2], z=past[4 * i + 3], k=past[4 * i].to(dt), v=past[4 * i + 1].to(dt),
                               pending=pending, segments=segments) for i in range(self.n_layers)]
@@ -46,7 +47,7 @@ class RaggedGraphStep(nn.Module):
         present = []
         for st in states:
             present += [st.k.float(), st.v.float(), st.M, st.z]
-        return (out.to(self.output_dtype), states[0].pending, states[0].segments, *present)
+        return (out.to(self.output_dtype), states[0].pending[:, None], states[0].segments[:, None], *present)
 
 
 def example_inputs(config, dtype: str = "float32", state_dtype: str = "float32", batch: int = 3, chunk: int = 2):
@@ -64,7 +65,7 @@ def example_inputs(config, dtype: str = "float32", state_dtype: str = "float32",
         if spec.direction == "in" and spec.layer is not None:
             shape = tuple(batch if d == "batch" else d for d in spec.dims)
             past.append(torch.rand(shape, generator=g, dtype=DTYPES[spec.dtype]))
-    return (first, lengths, pending, torch.arange(batch, dtype=torch.int64), *past)
+    return (first, lengths[:, None], pending[:, None], torch.arange(batch, dtype=torch.int64)[:, None], *past)
 
 
 def trace_ragged(config, params: dict, dtype: str = "float32", state_dtype: str = "float32") -> onnx.ModelProto:

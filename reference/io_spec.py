@@ -117,7 +117,7 @@ def specs(config: LMConfig | InfiniConfig, compute_dtype: str = "float32", state
         plain, per_layer = [r for r in rows if "{i}" not in r[0]], [r for r in rows if "{i}" in r[0]]
         for layer, group in [(None, plain)] + [(i, per_layer) for i in range(n_layers)]:
             for name, _, dims, dtype, _ in group:  # graph order: plain rows, then layer 0's, layer 1's, ...
-                dims = tuple(d if d in SYMBOLIC_DIMS else sizes[d] for d in dims)
+                dims = tuple(d if not isinstance(d, str) or d in SYMBOLIC_DIMS else sizes[d] for d in dims)
                 dtype = {"compute": compute_dtype, "state": state_dtype}.get(dtype, dtype)
                 out.append(TensorSpec(name.format(i=layer), direction, dims, dtype, layer))
     return out
@@ -149,21 +149,22 @@ def markdown_table(config, compute_dtype="float32", state_dtype="float32") -> st
 # the shared counter and the past_len dim: pending keys/values sit in segment_len slots per row, of which
 # ``past_pending[b]`` are valid (the rest zero); ``chunk_lengths[b]`` of the call's (padded) chunk are real, with
 # past_pending[b] + chunk_lengths[b] <= segment_len. Padding is never attended nor written; its outputs are 0.
+# The per-row fields are (batch, 1), not (batch,): a per-sequence tensor of Triton's implicit state has dims [1].
 RAGGED_FORMAT = "infini-attention-onnx-ragged/1"
 RAGGED_TABLE = (
     ("input_ids", "in", ("batch", "chunk"), "int64", "lm"),
     ("x", "in", ("batch", "chunk", "d_model"), "compute", "layer"),
-    ("chunk_lengths", "in", ("batch",), "int64", "both"),
-    ("past_pending", "in", ("batch",), "int64", "both"),
-    ("past_segments", "in", ("batch",), "int64", "both"),
+    ("chunk_lengths", "in", ("batch", 1), "int64", "both"),
+    ("past_pending", "in", ("batch", 1), "int64", "both"),
+    ("past_segments", "in", ("batch", 1), "int64", "both"),
     ("past_key_values.{i}.key", "in", ("batch", "n_kv_heads", "segment_len", "d_key"), "float32", "both"),
     ("past_key_values.{i}.value", "in", ("batch", "n_kv_heads", "segment_len", "d_value"), "float32", "both"),
     ("past_memory.{i}.M", "in", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
     ("past_memory.{i}.z", "in", ("batch", "n_kv_heads", "d_key"), "state", "both"),
     ("logits", "out", ("batch", "chunk", "vocab_size"), "float32", "lm"),
     ("y", "out", ("batch", "chunk", "d_model"), "compute", "layer"),
-    ("present_pending", "out", ("batch",), "int64", "both"),
-    ("present_segments", "out", ("batch",), "int64", "both"),
+    ("present_pending", "out", ("batch", 1), "int64", "both"),
+    ("present_segments", "out", ("batch", 1), "int64", "both"),
     ("present.{i}.key", "out", ("batch", "n_kv_heads", "segment_len", "d_key"), "float32", "both"),
     ("present.{i}.value", "out", ("batch", "n_kv_heads", "segment_len", "d_value"), "float32", "both"),
     ("present_memory.{i}.M", "out", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
