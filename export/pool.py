@@ -158,6 +158,8 @@ class StreamPool:
         if arr.ndim == lead and arr.shape[0] == 1:
             arr = arr[0]
         name = f"stream {str(stream_id)!r}: " + ("input_ids" if self.kind == "lm" else "x")
+        if arr.ndim >= 1 and arr.shape[0] > self.max_chunk:  # before reading any value: bounds a request's work
+            raise ValueError(f"{name}: expected at most max_chunk={self.max_chunk} tokens, got {arr.shape[0]}")
         if self.kind == "lm":
             if arr.ndim != 1:
                 raise ValueError(f"{name}: expected integer ids of shape (T,) or (1, T), got {arr.dtype} "
@@ -172,8 +174,6 @@ class StreamPool:
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"{name}: expected finite values, got NaN/Inf")
             arr = arr.astype(self.compute_dtype, copy=False)
-        if arr.shape[0] > self.max_chunk:
-            raise ValueError(f"{name}: expected at most max_chunk={self.max_chunk} tokens, got {arr.shape[0]}")
         return arr
 
     def feed(self, chunks: dict, outputs: str = "all") -> dict:

@@ -15,9 +15,9 @@ Both configs are parsed with Triton's own ModelConfig protobuf (tritonclient) be
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from ...reference import io_spec
@@ -47,9 +47,13 @@ def check_spill_dir(path) -> Path | None:
     path = Path(path).resolve()
     if path.exists() and not path.is_dir():
         raise UsageError(f"--spill-dir: expected a directory, got the file {str(path)!r}")
-    probe = path if path.exists() else path.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--spill-dir: expected a writable directory, {str(probe)!r} is not writable")
+    try:  # created (it is asked for) and probed with a real file: permissions alone miss read-only mounts
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--spill-dir: expected a writable directory, {str(path)!r} is not "
+                         f"({exc.strerror or type(exc).__name__})") from None
     return path
 
 
@@ -165,10 +169,12 @@ def write_repository(model, directory, *, spill_dir=None, max_streams: int = 64,
                        threads=threads)
     ort_cfg = onnxruntime_config(config, meta, max_streams=max_streams, idle_s=idle_s)
     parse_config(py), parse_config(ort_cfg)  # Triton's schema, before anything is written
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = {"format": MARKER_FORMAT, "model": str(Path(model).resolve()),
+              "model_id": meta[io_spec.METADATA_KEYS["model_id"]], "spill_dir": str(spill or "")}
+    (directory / MARKER).write_text(json.dumps(marker))  # first: a repository cut short is still known as ours
     version = directory / "models" / MODEL_NAME / "1"
     version.mkdir(parents=True, exist_ok=True)
-    if spill is not None:
-        spill.mkdir(parents=True, exist_ok=True)
     write_ragged(model, version / "model.ragged.onnx")
     shutil.copyfile(Path(__file__).with_name("triton_model.py"), version / "model.py")
     site_dirs = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
@@ -180,7 +186,4 @@ def write_repository(model, directory, *, spill_dir=None, max_streams: int = 64,
     (ort_dir / "README").write_text("For Triton's ONNX Runtime backend (implicit state, sequence_batching.state): put "
                                     "../../models/infini/1/model.ragged.onnx here as 1/model.onnx. Checked against Triton's "
                                     "model-config schema only; not run by this project (its wheel has no such backend).\n")
-    (directory / MARKER).write_text(json.dumps({"format": MARKER_FORMAT, "model": str(Path(model).resolve()),
-                                                "model_id": meta[io_spec.METADATA_KEYS["model_id"]],
-                                                "spill_dir": str(spill or "")}))
     return directory

@@ -41,10 +41,13 @@ def backend_directory(dest) -> Path:
         raise UsageError(f"serve: expected a Python backend stub for Python {version} in {root}, found none")
     dest = Path(dest)
     (dest / "python").mkdir(parents=True, exist_ok=True)
-    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copyfile(root / "backends" / "python" / name, dest / "python" / name)
-    shutil.copyfile(stub, dest / "python" / "triton_python_backend_stub")
-    os.chmod(dest / "python" / "triton_python_backend_stub", 0o755)
+    files = {name: root / "backends" / "python" / name for name in ("libtriton_python.so",
+                                                                    "triton_python_backend_utils.py")}
+    for name, src in {**files, "triton_python_backend_stub": stub}.items():
+        tmp = dest / "python" / f".{name}.{os.getpid()}.tmp"
+        shutil.copyfile(src, tmp)  # then renamed: a stub of an earlier server may still be running from there
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest / "python" / name)
     return dest
 
 
@@ -132,10 +135,16 @@ class TritonServer:
     def _signal(self, sig, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        stubs = _children(self.proc.pid)  # the Python-backend stubs, which may sit in a group of their own
         try:
-            os.killpg(self.proc.pid, sig)  # the server and its Python-backend stubs (our own process group)
+            os.killpg(self.proc.pid, sig)  # the server (started in a process group of its own)
         except ProcessLookupError:
             return
+        for pid in stubs:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -147,3 +156,17 @@ class TritonServer:
 
     def __exit__(self, *exc):
         self.kill()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc; empty where there is none)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
