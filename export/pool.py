@@ -251,11 +251,14 @@ class StreamPool:
         pend = np.array([self._pending(s) for s in states], np.int64)
         feeds = {self._inputs[0]: first, "chunk_lengths": np.array(lens, np.int64)[:, None], "past_pending": pend[:, None],
                  "past_segments": np.array([int(s["past_segments"]) for s in states], np.int64)[:, None]}
-        for spec in self.state_specs[1:]:  # key/value padded to N slots (zeros after the n valid ones), M, z
-            pad = "past_key_values" in spec.name
-            feeds[spec.name] = np.concatenate([np.pad(s[spec.name], ((0, 0), (0, 0), (0, N - s[spec.name].shape[2]),
-                                                                      (0, 0))) if pad else s[spec.name]
-                                               for s in states])
+        for spec in self.state_specs[1:]:  # key/value in N slots (zeros after the n valid ones), M, z stacked
+            if "past_key_values" in spec.name:
+                buf = np.zeros((B,) + spec.dims[1:2] + (N,) + spec.dims[3:], np.dtype(spec.dtype))
+                for b, st in enumerate(states):
+                    buf[b, :, :pend[b]] = st[spec.name][0]
+                feeds[spec.name] = buf
+            else:
+                feeds[spec.name] = np.concatenate([st[spec.name] for st in states])
         values = dict(zip(self._outputs, self._sess.run(self._outputs, feeds)))
         new = []
         for b in range(B):
