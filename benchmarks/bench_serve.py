@@ -15,7 +15,7 @@ tokens greedily, one token per request:
 tokens/s counts decode tokens only. Memory per stream: the state's bytes (session layout, and the ragged
 graph's N-slot layout), and the tritonserver processes' RSS growth per stream at the largest S.
 Runs side by side in one process, on whatever else the machine runs: figures are ratios first.
-Figures are printed and written to artifacts/bench/bench_serve.json.
+Figures are printed and written to artifacts/bench/bench_serve-PRESET.json.
 """
 from __future__ import annotations
 
@@ -121,6 +121,15 @@ def triton_run(server, prompts, steps) -> dict:
     return _stats(lat, len(prompts) * steps, seconds)
 
 
+def _exec_counts(server) -> tuple[int, int]:
+    """(inference_count, execution_count) of the model, from Triton's statistics."""
+    import tritonclient.http as httpclient
+
+    stats = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}").get_inference_statistics("infini")
+    model = stats["model_stats"][0]
+    return int(model["inference_count"]), int(model["execution_count"])
+
+
 def _rss_kib(server) -> int:
     from infini_attention.export.serve.server import _children
 
@@ -165,8 +174,12 @@ def main(argv=None) -> int:
         rss0 = _rss_kib(server)
         for S in args.streams:
             prompts = [rng.integers(0, vocab, args.prompt) for _ in range(S)]
+            counts0 = _exec_counts(server)
             row = {"streams": S, "sequential": sequential(path, prompts, args.steps),
                    "pool": pool_run(path, prompts, args.steps), "triton": triton_run(server, prompts, args.steps)}
+            counts1 = _exec_counts(server)
+            # requests per model execution (one ORT round for all of them): Triton's own statistics
+            row["triton"]["requests_per_execution"] = ((counts1[0] - counts0[0]) / max(counts1[1] - counts0[1], 1))
             base = row["sequential"]["tokens_per_s"]
             row["triton_vs_sequential"] = row["triton"]["tokens_per_s"] / base
             row["pool_vs_sequential"] = row["pool"]["tokens_per_s"] / base
@@ -175,7 +188,8 @@ def main(argv=None) -> int:
                   f"({row['pool_vs_sequential']:.2f}x)  triton {row['triton']['tokens_per_s']:8.0f} "
                   f"({row['triton_vs_sequential']:.2f}x)   p50/p99 ms: sequential {row['sequential']['p50_ms']:.2f}/"
                   f"{row['sequential']['p99_ms']:.2f}  pool {row['pool']['p50_ms']:.2f}/{row['pool']['p99_ms']:.2f}"
-                  f"  triton {row['triton']['p50_ms']:.2f}/{row['triton']['p99_ms']:.2f}", flush=True)
+                  f"  triton {row['triton']['p50_ms']:.2f}/{row['triton']['p99_ms']:.2f}"
+                  f"  (triton: {row['triton']['requests_per_execution']:.1f} requests per execution)", flush=True)
         # streams of the last round ended (END); hold the largest S open to see their memory
         S = max(args.streams)
         hold = [rng.integers(0, vocab, args.prompt) for _ in range(S)]
@@ -197,7 +211,7 @@ def main(argv=None) -> int:
           f"server RSS +{(rss['holding'] - rss['before_hold']) / rss['held']:.1f} KiB per held stream "
           f"({rss['held']} held); triton beats sequential from S = {cross}")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_serve.json").write_text(json.dumps(results, indent=1))
+    (OUT / f"bench_serve-{args.preset}.json").write_text(json.dumps(results, indent=1))
     return 0
 
 

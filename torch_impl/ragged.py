@@ -11,7 +11,7 @@ sizes that are Python ints there (n, the write's length, the segment counter) ar
   * the row's timeline is its N slots: pending keys, then the new ones gathered into slots n_b .. n_b+t_b-1,
     zeros after (padding is never in the timeline, so never attended and never written);
   * the causal mask (§5.2) and the RoPE positions (§5.1) are per row: query i of row b sits at offset n_b + i;
-  * the write (§7) is computed for every row and kept where the row completed its segment (n_b + t_b = N);
+  * the write (§7) is computed for the rows that complete their segment (n_b + t_b = N), picked by index;
   * the gate's first-segment rule (§8.2) reads each row's own counter.
 Nothing branches on a size or a value, so it traces with batch and chunk symbolic (export/ragged_graph.py).
 """
@@ -75,8 +75,9 @@ def ragged_piece(c: InfiniConfig, p: dict, x: torch.Tensor, st: RaggedState, eq:
     real = step < t[:, None]  # (B, T) which positions hold real tokens
     slot = torch.arange(N, device=x.device)  # (N,)
     q = eq.split_heads(x @ p["wq"], H, dk)  # (B, T, H, dk)
-    k = _timeline(st.k, eq.split_heads(x @ p["wk"], Hkv, dk), n, t, slot)  # (B, N, Hkv, dk)
-    v = _timeline(st.v, eq.split_heads(x @ p["wv"], Hkv, dv), n, t, slot)  # (B, N, Hkv, dv)
+    k_slots = _timeline(st.k, eq.split_heads(x @ p["wk"], Hkv, dk), n, t, slot)  # (B, Hkv, N, dk)
+    v_slots = _timeline(st.v, eq.split_heads(x @ p["wv"], Hkv, dv), n, t, slot)  # (B, Hkv, N, dv)
+    k, v = k_slots.transpose(1, 2).to(x.dtype), v_slots.transpose(1, 2).to(x.dtype)  # (B, N, Hkv, d)
     offset = n[:, None] + step  # (B, T): each query's offset in its row's segment (§5.1)
     q_rot, k_rot = q, k
     if c.rope_theta is not None:  # queries laid out as one long (1, B*T) run so each takes its own position
@@ -88,31 +89,31 @@ def ragged_piece(c: InfiniConfig, p: dict, x: torch.Tensor, st: RaggedState, eq:
                                visible)  # (B, T, H, dv)
     q_mem, k_mem = eq.memory_qk(q, k, q_rot, k_rot)
     done = L == N  # (B,) rows whose piece completes their segment: only they write (§7)
-    M_w, z_w = eq.memory_update(eq, c, k_mem, v, st.M, st.z)  # every row's segment written; kept where done
-    M = torch.where(done[:, None, None, None], M_w, st.M)
-    z = torch.where(done[:, None, None], z_w, st.z)
+    # Only those rows' segments are written (a write costs N dk dv per row: computed for every row it would
+    # outweigh a decoding call's attention many times); rows picked by index, so still no branch.
+    rows = done.nonzero()[:, 0]  # (W,), W >= 0
+    M_w, z_w = eq.memory_update(eq, c, k_mem[rows], v[rows], st.M[rows], st.z[rows])  # (W, ...)
+    M, z = st.M.index_copy(0, rows, M_w), st.z.index_copy(0, rows, z_w)
     a_mem = eq.memory_read(eq, q_mem, *eq.memory_seen((st.M, st.z), (M, z)), c.eps, G)  # (B, T, H, dv)
     w_mem, w_dot = eq.gate_weights(c, p["beta"], st.segments[:, None], st.M.dtype)  # (H,) or (B, H)
     a = _gate_rows(eq, a_mem, a_dot, w_mem, w_dot)  # (B, T, H, dv)
     y = eq.merge_heads(a.to(x.dtype)) @ p["wo"]  # (B, T, H*dv) @ (H*dv, D)
     y = torch.where(real[:, :, None], y, torch.zeros_like(y))
-    keep = ~done[:, None, None, None]  # a completed segment leaves nothing pending
-    k_pend = torch.where(keep, k, torch.zeros_like(k)).transpose(1, 2)  # (B, Hkv, N, dk)
-    v_pend = torch.where(keep, v, torch.zeros_like(v)).transpose(1, 2)  # (B, Hkv, N, dv)
+    k_pend, v_pend = k_slots.index_fill(0, rows, 0.0), v_slots.index_fill(0, rows, 0.0)  # completed: none pending
     pending = torch.where(done, torch.zeros_like(L), L)
-    return y, RaggedState(M, z, k_pend.to(st.k.dtype), v_pend.to(st.v.dtype), pending, st.segments + done.long())
+    return y, RaggedState(M, z, k_pend, v_pend, pending, st.segments + done.long())
 
 
 def _timeline(slots: torch.Tensor, new: torch.Tensor, n: torch.Tensor, t: torch.Tensor, slot: torch.Tensor):
-    """Row b's segment so far: slots (B, Hkv, N, d) valid below n_b, then new (B, T, Hkv, d)'s first t_b tokens
-    in slots n_b .. n_b+t_b-1, zeros after -> (B, N, Hkv, d). A gather: exact, and no size is read."""
+    """Row b's segment so far: slots (B, Hkv, N, d) valid below n_b (zero from there: the layout's rule), then
+    new (B, T, Hkv, d)'s first t_b tokens in slots n_b .. n_b+t_b-1 -> (B, Hkv, N, d), in the state's dtype. A gather and one select
+    in the slots' own layout (each pass over N slots costs as much as a decoding call's attention)."""
     B, _, Hkv, d = new.shape
     src = torch.minimum((slot[None, :] - n[:, None]).clamp(min=0), (t - 1).clamp(min=0)[:, None])  # (B, N)
-    gathered = torch.gather(new, 1, src[:, :, None, None].expand(-1, -1, Hkv, d))  # (B, N, Hkv, d)
-    old = slots.transpose(1, 2).to(new.dtype)  # (B, N, Hkv, d)
-    is_old = (slot[None, :] < n[:, None])[:, :, None, None]  # (B, N, 1, 1)
-    is_new = (slot[None, :] < (n + t)[:, None])[:, :, None, None]
-    return torch.where(is_old, old, torch.where(is_new, gathered, torch.zeros_like(gathered)))
+    gathered = torch.gather(new.transpose(1, 2).to(slots.dtype), 2,
+                            src[:, None, :, None].expand(-1, Hkv, -1, d))  # (B, Hkv, N, d)
+    is_new = ((slot[None, :] >= n[:, None]) & (slot[None, :] < (n + t)[:, None]))[:, None, :, None]  # (B, 1, N, 1)
+    return torch.where(is_new, gathered, slots)  # (B, Hkv, N, d)
 
 
 def _gate_rows(eq, a_mem, a_dot, w_mem, w_dot):
