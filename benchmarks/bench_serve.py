@@ -121,13 +121,15 @@ def triton_run(server, prompts, steps) -> dict:
     return _stats(lat, len(prompts) * steps, seconds)
 
 
-def _exec_counts(server) -> tuple[int, int]:
-    """(inference_count, execution_count) of the model, from Triton's statistics."""
+def _exec_counts(server) -> tuple[int, int, int]:
+    """(inference_count, execution_count, compute ns) of the model, from Triton's statistics."""
     import tritonclient.http as httpclient
 
     stats = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}").get_inference_statistics("infini")
     model = stats["model_stats"][0]
-    return int(model["inference_count"]), int(model["execution_count"])
+    compute = sum(int(b[k]["ns"]) for b in model.get("batch_stats", [])  # per execution, whatever its batch
+                  for k in ("compute_input", "compute_infer", "compute_output"))
+    return int(model["inference_count"]), int(model["execution_count"]), compute
 
 
 def _rss_kib(server) -> int:
@@ -180,6 +182,8 @@ def main(argv=None) -> int:
             counts1 = _exec_counts(server)
             # requests per model execution (one ORT round for all of them): Triton's own statistics
             row["triton"]["requests_per_execution"] = ((counts1[0] - counts0[0]) / max(counts1[1] - counts0[1], 1))
+            # the model's own time per execution (Triton's compute statistics: model.py, the pool, ORT)
+            row["triton"]["model_ms_per_execution"] = (counts1[2] - counts0[2]) / 1e6 / max(counts1[1] - counts0[1], 1)
             base = row["sequential"]["tokens_per_s"]
             row["triton_vs_sequential"] = row["triton"]["tokens_per_s"] / base
             row["pool_vs_sequential"] = row["pool"]["tokens_per_s"] / base
@@ -189,7 +193,8 @@ def main(argv=None) -> int:
                   f"({row['triton_vs_sequential']:.2f}x)   p50/p99 ms: sequential {row['sequential']['p50_ms']:.2f}/"
                   f"{row['sequential']['p99_ms']:.2f}  pool {row['pool']['p50_ms']:.2f}/{row['pool']['p99_ms']:.2f}"
                   f"  triton {row['triton']['p50_ms']:.2f}/{row['triton']['p99_ms']:.2f}"
-                  f"  (triton: {row['triton']['requests_per_execution']:.1f} requests per execution)", flush=True)
+                  f"  (triton: {row['triton']['requests_per_execution']:.1f} requests per execution, "
+                  f"{row['triton']['model_ms_per_execution']:.2f} ms in the model each)", flush=True)
         # streams of the last round ended (END); hold the largest S open to see their memory
         S = max(args.streams)
         hold = [rng.integers(0, vocab, args.prompt) for _ in range(S)]

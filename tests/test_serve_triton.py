@@ -127,7 +127,7 @@ def test_kill_9_mid_stream_loses_no_committed_state(served_lm, repo):
 
 
 @pytest.mark.parametrize("bad, expected", [
-    (lambda s: _infer(s, 9001, [1, 2]), "must specify the START flag"),
+    (lambda s: _infer(s, 9001, [1, 2]), "must specify the START flag"),  # Triton's own check
     (lambda s: _infer(s, 9002, None, start=True, dtype="FP32", arr=np.ones((1, 2), np.float32)), "INT64"),
     (lambda s: _infer(s, 9003, None, start=True, arr=np.ones((1, 2, 2), np.int64)), "input_ids"),
     (lambda s: _infer(s, 9004, list(range(MAX_CHUNK + 1)), start=True), f"max_chunk={MAX_CHUNK}"),
@@ -166,3 +166,24 @@ def test_cli_refuses_bad_input_before_starting(served_lm, tmp_path):
             assert p.returncode == 2 and expected in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert (tmp_path / "theirs" / "keep.txt").read_text() == "not ours"
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def test_idle_stream_is_freed(served_lm, tmp_path):
+    """A stream idle past the timeout is freed (Triton forgets the sequence, the model its state); with a spill
+    directory it can still be taken up again with START + RESUME."""
+    import time
+
+    config, path = served_lm[0], served_lm[2]
+    write_repository(path, tmp_path / "repo", spill_dir=tmp_path / "spill", max_streams=4, idle_s=1)
+    srv = _server(tmp_path, "idle")
+    try:
+        ids = _tokens(config, 43, 6)
+        first = _infer(srv, 11, ids[:3], start=True)
+        time.sleep(3)  # > 1 s idle; Triton checks idle sequences about once per timeout
+        with pytest.raises(Exception) as err:
+            _infer(srv, 11, ids[3:])
+        assert "must specify the START flag" in str(err.value)
+        rest = _infer(srv, 11, ids[3:], start=True, resume=True, end=True)
+    finally:
+        srv.kill()
+    assert_close("stream resumed after idling", np.concatenate([first, rest]), _alone(path, ids), "float32")
