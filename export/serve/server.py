@@ -22,12 +22,13 @@ from ...reference.errors import UsageError
 
 def triton_root() -> Path:
     """The wheel's tritonserver folder (bin/, backends/, python_backend_stubs/)."""
-    try:
-        import pytriton
-    except ImportError:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")  # located, not imported: installed --no-deps, its Python API is not
+    if spec is None or not spec.submodule_search_locations:
         raise UsageError("serve: expected the nvidia-pytriton wheel (its tritonserver binary): "
-                         "pip install --no-deps nvidia-pytriton==0.7.0 (.ci/setup does)") from None
-    root = Path(pytriton.__file__).parent / "tritonserver"
+                         "pip install --no-deps nvidia-pytriton==0.7.0 (.ci/setup does)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
         raise UsageError(f"serve: expected {root / 'bin' / 'tritonserver'} in the nvidia-pytriton wheel, not found")
     return root
