@@ -42,11 +42,20 @@ def cmd_triton(args) -> int:
           f"onnxruntime_backend/infini: implicit-state config, not run here)")
     if not args.start:
         return 0
+    import signal
+    import sys
+
     server = TritonServer(repo, repo / ".server", args.http_port, args.grpc_port)
-    server.start()
-    print(f"tritonserver ready: http 127.0.0.1:{server.http_port}, grpc 127.0.0.1:{server.grpc_port} (log {server.log})")
+    # the server runs in a process group of its own: SIGTERM/SIGHUP to this command must end it too
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     try:
+        server.start()
+        print(f"tritonserver ready: http 127.0.0.1:{server.http_port}, grpc 127.0.0.1:{server.grpc_port} "
+              f"(log {server.log})", flush=True)
         server.proc.wait()
     except KeyboardInterrupt:
+        return 130
+    finally:
         server.stop()
     return 0
