@@ -172,3 +172,32 @@ def streams(draw, config: InfiniConfig, min_segments: int = 0, max_segments: int
         sizes = draw(splits(T))
     return Case(config, params_from_seed(config, param_seed), x_from_seed(config, B, T, x_seed), sizes,
                 param_seed, x_seed)
+
+
+@dataclass
+class Schedule:
+    """Streams served together (SPEC.md §4.4): stream s joins at round ``joins[s]`` and brings its chunks
+    ``chunks[s]`` (sizes, zeros included) one per round from then on; it leaves after its last one."""
+    lengths: list[int]  # T of each stream
+    joins: list[int]
+    chunks: list[list[int]]
+
+    def round(self, r: int) -> dict[int, int]:
+        """{stream: chunk size} of the streams that take part in round r."""
+        return {s: c[r - j] for s, (j, c) in enumerate(zip(self.joins, self.chunks)) if 0 <= r - j < len(c)}
+
+    @property
+    def rounds(self) -> int:
+        return max(j + len(c) for j, c in zip(self.joins, self.chunks))
+
+
+@st.composite
+def schedules(draw, N: int, max_streams: int = 5, max_segments: int = 3):
+    """Several streams joining and leaving at drawn rounds, each with its own length (odd ones: 1, N, N + 1,
+    several segments) and its own random split into chunks."""
+    S = _labelled(draw, "streams", st.integers(1, max_streams))
+    lengths = [_labelled(draw, f"T[{s}]", st.one_of(st.sampled_from([1, N, N + 1]),
+                                                    st.integers(1, max_segments * N + N - 1))) for s in range(S)]
+    joins = [_labelled(draw, f"join[{s}]", st.integers(0, 3)) for s in range(S)]
+    chunks = [draw(splits(T, kinds=("whole", "random"))) for T in lengths]
+    return Schedule(lengths, joins, chunks)

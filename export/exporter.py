@@ -229,12 +229,14 @@ def check_options(dtype: str, state_dtype: str, exporter: str, opset: int) -> No
                          "exporter")
 
 
-def check_io(model: onnx.ModelProto, config, dtype: str = "float32", state_dtype: str = "float32") -> list[str]:
-    """Differences between the graph's inputs/outputs and io_spec.py (empty when they agree)."""
+def check_io(model: onnx.ModelProto, config, dtype: str = "float32", state_dtype: str = "float32",
+             table=io_spec.specs) -> list[str]:
+    """Differences between the graph's inputs/outputs and io_spec.py (empty when they agree); ``table``:
+    io_spec.specs, or io_spec.ragged_specs for the many-streams export."""
     elem = ELEM
     graph = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
     order = [v.name for v in model.graph.input] + [v.name for v in model.graph.output]
-    specs = io_spec.specs(config, dtype, state_dtype)
+    specs = table(config, dtype, state_dtype)
     problems = [] if order == [s.name for s in specs] else [f"names/order: expected {[s.name for s in specs]}, "
                                                             f"got {order}"]
     for s in specs:

@@ -11,10 +11,6 @@ inside branch as a graph of its own (engine.py). The result is the same for any 
 """
 from __future__ import annotations
 
-import json
-import os
-import stat
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +20,7 @@ from ..reference import io_spec
 from . import checks
 from .engine import Engine
 from .providers import select_provider
-from .statefile import _remove_orphans, _umask
+from .statefile import write_state_file
 
 STATE_FILE_FORMAT = "infini-attention-state/1"
 MAX_CALL_SEGMENTS = 16  # the most segments one ONNX call of `feed` carries (activations grow with the call)
@@ -136,27 +132,9 @@ class InfiniSession:
         the old file. A symlink is written through (its target is replaced, the link stays); an existing
         file keeps its mode (a new one gets 0o666 & ~umask, as open() gives); temp files that a killed
         earlier save left (``<name>.<pid>.*.tmp`` of a process no longer running) are removed."""
-        target = Path(os.path.realpath(path))
-        if target.is_dir():
-            raise IsADirectoryError(f"state file: expected a file path, got the directory {str(path)!r}")
-        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
-        _remove_orphans(target)
         meta = {"format": STATE_FILE_FORMAT, "model_id": self.model_id, "kind": self.kind,
                 "config": self.config.to_dict(), "position": self.position, "batch": self.batch}
-        arrays = self.state()
-        arrays["__meta__"] = np.array(json.dumps(meta))
-        fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), mode)
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_state_file(path, self.state(), meta)
         return Path(path)
 
     def load_state(self, path) -> None:

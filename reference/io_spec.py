@@ -107,8 +107,9 @@ def kind_of(config) -> str:
 
 
 def specs(config: LMConfig | InfiniConfig | ModelConfig, compute_dtype: str = "float32",
-          state_dtype: str = "float32") -> list[TensorSpec]:
-    """The concrete inputs then outputs of the graph exported for ``config``, in graph order."""
+          state_dtype: str = "float32", table: tuple = _TABLE) -> list[TensorSpec]:
+    """The concrete inputs then outputs of the graph exported for ``config``, in graph order (``table``:
+    ``_TABLE``, or ``RAGGED_TABLE`` for the many-streams layout)."""
     for name, value, allowed in (("compute_dtype", compute_dtype, COMPUTE_DTYPES),
                                  ("state_dtype", state_dtype, STATE_DTYPES)):
         if value not in allowed:
@@ -118,14 +119,14 @@ def specs(config: LMConfig | InfiniConfig | ModelConfig, compute_dtype: str = "f
     widths = {"input_width": config.input_width, "output_width": config.output_width}
     out = []
     for direction in ("in", "out"):
-        rows = [r for r in _TABLE if r[1] == direction and r[4] in (which, "both")]
+        rows = [r for r in table if r[1] == direction and r[4] in (which, "both")]
         plain, per_layer = [r for r in rows if "{i}" not in r[0]], [r for r in rows if "{i}" in r[0]]
         for layer, group in [(None, plain)] + [(i, per_layer) for i in range(config.n_layers)]:
             attn = config.layer_configs[layer] if layer is not None else None
             sizes = widths if attn is None else {"n_kv_heads": attn.n_kv_heads, "d_key": attn.d_key,
-                                                 "d_value": attn.d_value}
+                                                 "d_value": attn.d_value, "segment_len": attn.segment_len}
             for name, _, dims, dtype, _ in group:  # graph order: plain rows, then layer 0's, layer 1's, ...
-                dims = tuple(d if d in SYMBOLIC_DIMS else sizes[d] for d in dims)
+                dims = tuple(d if not isinstance(d, str) or d in SYMBOLIC_DIMS else sizes[d] for d in dims)
                 dtype = {"compute": compute_dtype, "state": state_dtype}.get(dtype, dtype)
                 out.append(TensorSpec(name.format(i=layer), direction, dims, dtype, layer))
     return out
@@ -151,3 +152,36 @@ def markdown_table(config, compute_dtype="float32", state_dtype="float32") -> st
     for s in specs(config, compute_dtype, state_dtype):
         rows.append(f"| `{s.name}` | {s.direction} | ({', '.join(map(str, s.dims))}) | {s.dtype} |")
     return "\n".join(rows)
+
+
+# Many streams in one call (SPEC.md §4.4, §14.3): every batch row is its own stream. The per-row fields replace
+# the shared counter and the past_len dim: pending keys/values sit in segment_len slots per row, of which
+# ``past_pending[b]`` are valid (the rest zero); ``chunk_lengths[b]`` of the call's (padded) chunk are real, with
+# past_pending[b] + chunk_lengths[b] <= segment_len. Padding is never attended nor written; its outputs are 0.
+# The per-row fields are (batch, 1), not (batch,): a per-sequence tensor of Triton's implicit state has dims [1].
+RAGGED_FORMAT = "infini-attention-onnx-ragged/1"
+RAGGED_TABLE = (
+    ("input_ids", "in", ("batch", "chunk"), "int64", "tokens"),
+    ("x", "in", ("batch", "chunk", "input_width"), "compute", "vectors"),
+    ("chunk_lengths", "in", ("batch", 1), "int64", "both"),
+    ("past_pending", "in", ("batch", 1), "int64", "both"),
+    ("past_segments", "in", ("batch", 1), "int64", "both"),
+    ("past_key_values.{i}.key", "in", ("batch", "n_kv_heads", "segment_len", "d_key"), "float32", "both"),
+    ("past_key_values.{i}.value", "in", ("batch", "n_kv_heads", "segment_len", "d_value"), "float32", "both"),
+    ("past_memory.{i}.M", "in", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
+    ("past_memory.{i}.z", "in", ("batch", "n_kv_heads", "d_key"), "state", "both"),
+    ("logits", "out", ("batch", "chunk", "output_width"), "float32", "tokens"),
+    ("y", "out", ("batch", "chunk", "output_width"), "compute", "vectors"),
+    ("present_pending", "out", ("batch", 1), "int64", "both"),
+    ("present_segments", "out", ("batch", 1), "int64", "both"),
+    ("present.{i}.key", "out", ("batch", "n_kv_heads", "segment_len", "d_key"), "float32", "both"),
+    ("present.{i}.value", "out", ("batch", "n_kv_heads", "segment_len", "d_value"), "float32", "both"),
+    ("present_memory.{i}.M", "out", ("batch", "n_kv_heads", "d_key", "d_value"), "state", "both"),
+    ("present_memory.{i}.z", "out", ("batch", "n_kv_heads", "d_key"), "state", "both"),
+)
+RAGGED_ROW_FIELDS = ("chunk_lengths", "past_pending", "past_segments")  # the per-row inputs before the layers'
+
+
+def ragged_specs(config, compute_dtype="float32", state_dtype="float32") -> list[TensorSpec]:
+    """The many-streams graph's inputs then outputs, in graph order (RAGGED_TABLE)."""
+    return specs(config, compute_dtype, state_dtype, RAGGED_TABLE)

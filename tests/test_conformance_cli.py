@@ -110,7 +110,8 @@ def test_console_script_and_providers_are_declared():
     assert scripts["infini"] == "infini_attention.reference.cli:main"
     providers = {ep.name: ep.value for ep in metadata.entry_points(group="infini_attention.commands")}
     assert providers == {"conformance": "infini_attention.conformance.cli:register",
-                         "export": "infini_attention.export.cli:register"}
+                         "export": "infini_attention.export.cli:register",
+                         "serve": "infini_attention.export.serve.cli:register"}
     assert cli.main is main and cli.TORCH_IMPL.endswith("torch_impl:make")
     from infini_attention.conformance.contract import UsageError
     from infini_attention.reference.errors import UsageError as ReferenceUsageError

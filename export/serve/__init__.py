@@ -1,0 +1,1 @@
+"""Serving many streams: a Triton Inference Server model repository from an exported model (`infini serve triton`)."""
