@@ -104,6 +104,10 @@ def write_ragged(source, path) -> Path:
     if meta.get(METADATA_KEYS["format"]) != io_spec.FORMAT:
         raise ValueError(f"model: expected a stateful export of `infini export` (metadata format {io_spec.FORMAT!r}),"
                          f" got {meta.get(METADATA_KEYS['format'])!r} in {str(source)!r}")
+    kind = meta.get(METADATA_KEYS["kind"])
+    if kind not in ("lm", "layer"):  # the many-streams form is traced from the spec's own modules
+        raise ValueError(f"model: expected an export of the spec's LM or layer (kind 'lm' or 'layer'), got kind "
+                         f"{kind!r} in {str(source)!r}: a model exported with --module has no many-streams form yet")
     config, params = params_from_onnx(source)
     dtype, state_dtype = meta[METADATA_KEYS["compute_dtype"]], meta.get(METADATA_KEYS["state_dtype"], "float32")
     model = trace_ragged(config, params, dtype, state_dtype)

@@ -2,14 +2,18 @@
 chosen at run time, every server killed in teardown: concurrent streams equal one InfiniSession per stream; a
 stream moves between server instances through the spill directory; kill -9 loses no committed state; bad
 requests get Triton errors naming the problem while the other streams go on."""
+import json
 import subprocess
 import sys
 import threading
 
 import numpy as np
+import onnx
 import pytest
 
 from infini_attention.export import InfiniSession
+from infini_attention.reference.config import ModelConfig
+from infini_attention.reference.io_spec import METADATA_KEYS
 from infini_attention.reference.tolerances import assert_close
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient not installed (the serve extra)")
@@ -153,9 +157,19 @@ def test_cli_refuses_bad_input_before_starting(served_lm, tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         run = [sys.executable, "-m", "infini_attention.reference.cli", "serve", "triton", str(served_lm[2])]
+        foreign = tmp_path / "foreign.onnx"  # a --module export (kind "model"): its metadata, the LM's graph
+        model = onnx.load(str(served_lm[2]))
+        config = served_lm[0]
+        meta = {p.key: p.value for p in model.metadata_props}
+        meta[METADATA_KEYS["kind"]] = "model"
+        meta[METADATA_KEYS["config"]] = json.dumps(ModelConfig(config.layer_configs, config.vocab_size,
+                                                               config.vocab_size, True, "pkg:build").to_dict())
+        onnx.helper.set_model_props(model, meta)
+        onnx.save(model, str(foreign))
         (tmp_path / "theirs").mkdir()
         (tmp_path / "theirs" / "keep.txt").write_text("not ours")
         cases = [([str(served_lm[3]), "--repository", str(tmp_path / "r1")], "expected a stateful export"),
+                 ([str(foreign), "--repository", str(tmp_path / "r4")], "exported with --module has no many-streams"),
                  (["--repository", str(tmp_path / "theirs")], "refusing to overwrite"),
                  (["--repository", str(tmp_path / "r2"), "--start", "--http-port", str(port)], f"{port} is in use"),
                  (["--repository", str(tmp_path / "r3"), "--spill-dir", "/proc/none"], "--spill-dir: expected a "
@@ -165,7 +179,7 @@ def test_cli_refuses_bad_input_before_starting(served_lm, tmp_path):
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             assert p.returncode == 2 and expected in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert (tmp_path / "theirs" / "keep.txt").read_text() == "not ours"
-    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+    assert not any((tmp_path / r).exists() for r in ("r2", "r3", "r4"))
 
 
 def test_idle_stream_is_freed(served_lm, tmp_path):

@@ -69,6 +69,10 @@ def check_stateful_model(path) -> tuple:
     if fmt != io_spec.FORMAT:
         raise UsageError(f"model: expected a stateful export of `infini export` (metadata format {io_spec.FORMAT!r}), "
                          f"got {fmt!r} in {str(path)!r}")
+    if config.kind not in ("lm", "layer"):
+        raise UsageError(f"model: expected an export of the spec's LM or layer (kind 'lm' or 'layer'), got kind "
+                         f"{config.kind!r} in {str(path)!r}: a model exported with --module has no many-streams "
+                         f"form yet")
     return config, meta
 
 
