@@ -3,10 +3,10 @@ in place.
 
 `export()` takes the spec's configs and reference weights; `export_model()` any torch model that follows
 ``torch_impl/protocol.py`` (the spec's models included, which it hands to `export`). Both end in one path:
-`export()` traces `graph.GraphStep` twice, once per torch_impl form (``piece``: one segment piece, for
-decoding; ``chunk``: any number of tokens), with torch.export (``exporter="dynamo"``, default) or the
-TorchScript tracer (``"torchscript"``, opset <= 20), joins both under one ``If`` (compose.py), writes the
-config into the metadata, and then checks:
+`export()` traces `graph.GraphStep` once per torch_impl form (``inside``: a call inside one segment, the
+decoding form; ``piece``: a call ending on a segment boundary; ``chunk``: longer calls), with torch.export
+(``exporter="dynamo"``, default) or the TorchScript tracer (``"torchscript"``, opset <= 20), joins them under
+one ``If`` (compose.py), writes the config into the metadata, and then checks:
   1. onnx.checker;
   2. every input and output against io_spec.py: names, dtypes, and the dims that must be
      symbolic really are (an exporter can silently make a dynamic dim static);
@@ -38,8 +38,9 @@ from ..reference.shapes import attn_prefix
 from ..reference.validate import check_params
 from ..torch_impl import attention_layers, model_config, model_from_numpy
 from ..torch_impl.protocol import is_spec_config
-from .compose import ELEM, compose, node_counts
+from .compose import compose, node_counts
 from .graph import ATTENTION_OPSET, EXPORTERS, FORMS, TORCHSCRIPT_MAX_OPSET, GraphStep, trace
+from .io_check import check_io
 from .selfcheck import ModuleReference, SelfCheckError, SpecReference, self_check
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
@@ -227,36 +228,6 @@ def check_options(dtype: str, state_dtype: str, exporter: str, opset: int) -> No
         raise ValueError(f"opset: expected at most {TORCHSCRIPT_MAX_OPSET} with exporter 'torchscript' (it predates "
                          f"the Attention op of opset {ATTENTION_OPSET}), got {opset}; use --opset 17 or the dynamo "
                          "exporter")
-
-
-def check_io(model: onnx.ModelProto, config, dtype: str = "float32", state_dtype: str = "float32",
-             table=io_spec.specs) -> list[str]:
-    """Differences between the graph's inputs/outputs and io_spec.py (empty when they agree); ``table``:
-    io_spec.specs, or io_spec.ragged_specs for the many-streams export."""
-    elem = ELEM
-    graph = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
-    order = [v.name for v in model.graph.input] + [v.name for v in model.graph.output]
-    specs = table(config, dtype, state_dtype)
-    problems = [] if order == [s.name for s in specs] else [f"names/order: expected {[s.name for s in specs]}, "
-                                                            f"got {order}"]
-    for s in specs:
-        if s.name not in graph:
-            continue
-        t = graph[s.name].type.tensor_type
-        if t.elem_type != elem[s.dtype]:
-            problems.append(f"{s.name}: expected dtype {s.dtype}, got {onnx.TensorProto.DataType.Name(t.elem_type)}")
-        dims = list(t.shape.dim)
-        if len(dims) != len(s.dims):
-            problems.append(f"{s.name}: expected rank {len(s.dims)} {s.dims}, got rank {len(dims)}")
-            continue
-        for axis, (want, got) in enumerate(zip(s.dims, dims)):
-            if isinstance(want, str) and (got.HasField("dim_value") or got.dim_param != want):
-                what = f"static {got.dim_value}" if got.HasField("dim_value") else repr(got.dim_param)
-                problems.append(f"{s.name} dim {axis}: expected symbolic {want!r}, got {what} "
-                                "(the exporter specialised a dynamic dim)")
-            elif not isinstance(want, str) and (not got.HasField("dim_value") or got.dim_value != want):
-                problems.append(f"{s.name} dim {axis}: expected {want}, got {got.dim_param or got.dim_value}")
-    return problems
 
 
 def _aliases(model: onnx.ModelProto, params: dict, dtype: str) -> dict:

@@ -20,9 +20,9 @@ import torch.nn as nn
 from ..reference import io_spec
 from ..reference.io_spec import METADATA_KEYS, RAGGED_FORMAT, STATE_FIELDS
 from ..torch_impl.ragged import RaggedState, ragged_step
-from ..torch_impl.streaming import attention_layers
-from .exporter import DTYPES, check_io, traced_module
+from .exporter import DTYPES, traced_module
 from .graph import _name_inputs, _strip_prefix
+from .io_check import check_io
 
 RAGGED_OPSET = 18  # MatMul/Softmax local attention (the per-row mask is not the Attention op's causal one)
 ROWS = len(io_spec.RAGGED_ROW_FIELDS)

@@ -63,10 +63,15 @@ def test_a_hung_call_fails_its_property_naming_the_call_and_the_suite_goes_on():
 
 
 def test_few_examples_are_inconclusive_not_a_pass(capsys):
-    def forward(self, params, x, state=None):  # refuses all but one config in a thousand
-        if (self.config.d_model, self.config.d_key, self.config.segment_len) != (5, 4, 3):
-            from infini_attention.conformance import NotSupported
-            raise NotSupported("only d_model=5, d_key=4, segment_len=3")
+    taken = []  # the instances it accepts: the first 3, whatever Hypothesis draws (a rare config is not
+                # rare enough: how often Hypothesis draws one depends on its version and what ran before)
+
+    def forward(self, params, x, state=None):
+        if not any(self is t for t in taken):
+            if len(taken) == 3:
+                from infini_attention.conformance import NotSupported
+                raise NotSupported("only 3 instances")
+            taken.append(self)
         return ref_forward(self, params, x, state)
     r = run_property(PROPERTIES["outputs"], impl_of(forward), Settings(dtype="float64", max_examples=30))
     assert r.verdict == INCONCLUSIVE and "at least 10 needed" in r.message and r.examples < 10

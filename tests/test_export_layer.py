@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from infini_attention.conformance.strategies import configs, splits
 from infini_attention.reference.tolerances import STATE_TOLERANCES, assert_close
 from infini_attention.export import InfiniSession, export, preset_params
-from infini_attention.export.exporter import check_io, rounded_params
+from infini_attention.export.exporter import rounded_params
+from infini_attention.export.io_check import check_io
 from infini_attention.reference.io_spec import SYMBOLIC_DIMS
 from infini_attention.export.selfcheck import feed_split
 from infini_attention.reference import InfiniConfig, forward

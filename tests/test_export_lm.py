@@ -13,7 +13,8 @@ from infini_attention.conformance.strategies import splits
 from infini_attention.reference.tolerances import STATE_TOLERANCES, assert_close
 from infini_attention.export import METADATA_KEYS, InfiniSession, export, preset_config, preset_params
 from infini_attention.export.checkpoint import params_from_onnx
-from infini_attention.export.exporter import check_io, rounded_params
+from infini_attention.export.exporter import rounded_params
+from infini_attention.export.io_check import check_io
 from infini_attention.export.selfcheck import feed_split
 from infini_attention.reference.io_spec import config_from_json
 from infini_attention.reference import lm_forward

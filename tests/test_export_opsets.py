@@ -12,7 +12,8 @@ from onnx.reference import ReferenceEvaluator
 
 from infini_attention.export import InfiniSession, export, preset_config, preset_params
 from infini_attention.export.compose import all_nodes
-from infini_attention.export.exporter import check_io, rounded_params
+from infini_attention.export.exporter import rounded_params
+from infini_attention.export.io_check import check_io
 from infini_attention.export.selfcheck import feed_split
 from infini_attention.reference import lm_forward
 from infini_attention.reference.tolerances import assert_close

@@ -7,7 +7,8 @@ import pytest
 
 from infini_attention import reference as R
 from infini_attention.export import METADATA_KEYS, InfiniSession, export
-from infini_attention.export.exporter import check_io, rounded_params
+from infini_attention.export.exporter import rounded_params
+from infini_attention.export.io_check import check_io
 from infini_attention.reference.cli import main
 
 C = R.InfiniConfig(d_model=4, n_heads=2, n_kv_heads=1, d_key=2, d_value=2, segment_len=4, update="linear")
