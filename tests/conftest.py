@@ -29,3 +29,18 @@ def served_lm(tmp_path_factory):
     export(config, params, root / "lm.onnx")
     write_ragged(root / "lm.onnx", root / "lm.ragged.onnx")
     return config, params, root / "lm.onnx", root / "lm.ragged.onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory):
+    """The ``tiny`` preset's LM and layer with seed-0 weights, exported once for the whole run (an export is 10-30 s
+    of torch.export): ``{"lm": path, "layer": path}``. Read-only: a test that writes beside them copies them."""
+    from infini_attention.export import export, preset_config, preset_params
+
+    d = tmp_path_factory.mktemp("tiny")
+    out = {}
+    for kind in ("lm", "layer"):
+        config = preset_config("tiny", kind)
+        export(config, preset_params(config, 0), d / f"{kind}.onnx")
+        out[kind] = d / f"{kind}.onnx"
+    return out

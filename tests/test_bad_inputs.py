@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from infini_attention.export import InfiniSession, export, preset_config, preset_params
+from infini_attention.export import InfiniSession, preset_config
 from infini_attention.reference import cli as ref_cli
 from infini_attention.reference.cli import main
 
@@ -153,12 +154,12 @@ def _edit(src, dst, meta=None, **arrays):
 
 
 @pytest.fixture(scope="module")
-def f(tmp_path_factory):
+def f(tmp_path_factory, tiny_exports):
     """Paths the rows refer to: models, a good state of 1000 tokens and broken variants of it."""
     d = tmp_path_factory.mktemp("bad")
-    lm, layer = preset_config("tiny"), preset_config("tiny", "layer")
-    export(lm, preset_params(lm, 0), d / "lm.onnx")
-    export(layer, preset_params(layer, 0), d / "layer.onnx")
+    lm = preset_config("tiny")
+    for kind in ("lm", "layer"):
+        shutil.copy(tiny_exports[kind], d / f"{kind}.onnx")
     sess = InfiniSession(d / "lm.onnx", provider="cpu")
     sess.feed(np.random.default_rng(0).integers(0, lm.vocab_size, (1, 1000)))
     sess.save_state(d / "s1000.npz")
