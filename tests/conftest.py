@@ -34,13 +34,19 @@ def served_lm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_exports(tmp_path_factory):
     """The ``tiny`` preset's LM and layer with seed-0 weights, exported once for the whole run (an export is 10-30 s
-    of torch.export): ``{"lm": path, "layer": path}``. Read-only: a test that writes beside them copies them."""
+    of torch.export). Returns ``into(d)``: copies them to ``d / "lm.onnx"``, ``d / "layer.onnx"`` (a module's own
+    directory, which its tests may write into) and returns ``d``."""
+    import shutil
+
     from infini_attention.export import export, preset_config, preset_params
 
-    d = tmp_path_factory.mktemp("tiny")
-    out = {}
+    source = tmp_path_factory.mktemp("tiny")
     for kind in ("lm", "layer"):
         config = preset_config("tiny", kind)
-        export(config, preset_params(config, 0), d / f"{kind}.onnx")
-        out[kind] = d / f"{kind}.onnx"
-    return out
+        export(config, preset_params(config, 0), source / f"{kind}.onnx")
+
+    def into(d):
+        for kind in ("lm", "layer"):
+            shutil.copy(source / f"{kind}.onnx", d / f"{kind}.onnx")
+        return d
+    return into

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -156,10 +155,8 @@ def _edit(src, dst, meta=None, **arrays):
 @pytest.fixture(scope="module")
 def f(tmp_path_factory, tiny_exports):
     """Paths the rows refer to: models, a good state of 1000 tokens and broken variants of it."""
-    d = tmp_path_factory.mktemp("bad")
+    d = tiny_exports(tmp_path_factory.mktemp("bad"))
     lm = preset_config("tiny")
-    for kind in ("lm", "layer"):
-        shutil.copy(tiny_exports[kind], d / f"{kind}.onnx")
     sess = InfiniSession(d / "lm.onnx", provider="cpu")
     sess.feed(np.random.default_rng(0).integers(0, lm.vocab_size, (1, 1000)))
     sess.save_state(d / "s1000.npz")

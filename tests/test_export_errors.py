@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -14,10 +13,8 @@ from infini_attention.export import session as session_mod
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_exports):
-    d = tmp_path_factory.mktemp("err")
+    d = tiny_exports(tmp_path_factory.mktemp("err"))
     lm = preset_config("tiny")
-    for kind in ("lm", "layer"):
-        shutil.copy(tiny_exports[kind], d / f"{kind}.onnx")
     export(lm, preset_params(lm, 1), d / "lm_other_weights.onnx")
     other = lm.attn.replace(d_key=4)
     export(type(lm)(lm.vocab_size, lm.n_layers, lm.d_ff, other), preset_params(
