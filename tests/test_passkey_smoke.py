@@ -271,3 +271,51 @@ def test_the_package_needs_no_checkout():
     assert not offenders, offenders
     assert (checkpoint_path("linear").parent / "passkey_linear.json").is_file()
     assert checkpoint_path("linear").is_relative_to(REPO / "export" / "passkey")
+
+
+def test_evaluation_answers_do_not_depend_on_jobs(tiny_run, tmp_path):
+    """evaluate.py --jobs J streams fixed batches of PIECE documents in J processes: every cell's
+    answers are those of the one-process run (a cell of 10 documents is 2 batches)."""
+    pytest.importorskip("onnxruntime")
+    from examples.passkey import evaluate
+
+    _, ckpt, _ = tiny_run
+    common = ["--checkpoint", str(ckpt), "--lengths", "40,64", "--samples", "10", "--offsets", "0,7",
+              "--onnx-dir", str(tmp_path / "onnx"), "--no-progress"]
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        assert evaluate.main(common + ["--jobs", str(jobs), "--out-dir", str(out)]) == 0
+        (entry,) = json.loads(next(out.glob("eval_*.json")).read_text())["models"].values()
+        runs[jobs] = entry
+    keep = ("length", "depth_name", "memory", "samples", "correct", "digit_accuracy", "examples", "question_offset")
+    for group in ("cells", "alignment"):
+        one, two = ([{k: c.get(k) for k in keep} for c in runs[j][group]] for j in (1, 2))
+        assert len(one) == (12 if group == "cells" else 2) and one == two, group
+
+
+def test_dilution_ramp_and_tiled_filler_memory():
+    from examples.passkey import train
+
+    args = train.parse_args(["--update", "linear", "--steps", "1000", "--warm-frac", "0.3", "--dilute-ramp", "0.4",
+                             "--dilute-start", "1e4", "--dilute-max", "1e8"])
+    caps = [train.dilute_max(s, args) for s in (0, 300, 500, 700, 999)]
+    assert caps[0] == caps[1] == pytest.approx(1e4) and caps[3] == caps[4] == pytest.approx(1e8)
+    assert caps[2] == pytest.approx(1e6)  # log-linear: half way through the ramp
+    assert train.dilute_max(500, train.parse_args(["--dilute-max", "5e6"])) == 5e6  # no ramp: the cap throughout
+    config = train.default_config("linear", 8, 32, 2, 2, 64)
+    model = train.build_model(config, 0)
+    full = train.filler_memory(model, np.random.default_rng(0), 6, 40)
+    tiled = train.filler_memory(model, np.random.default_rng(0), 6, 40, rows=4)
+    for (fm, fz), (tm, tz) in zip(full, tiled):
+        assert tm.shape == fm.shape and tz.shape == fz.shape
+        assert torch.equal(tm[4:], tm[:2]) and torch.equal(tz[4:], tz[:2])  # rows 4, 5 repeat phases 0, 1
+
+
+def test_training_refuses_a_log_over_the_checkpoint_sidecar(tmp_path, capsys):
+    from examples.passkey import train
+
+    assert train.main(["--out", str(tmp_path / "m.safetensors"), "--log", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("--log: expected") and "m.json" in err[0]
+    assert not list(tmp_path.iterdir())  # refused before training: nothing written

@@ -79,6 +79,27 @@ def needle_shares(model, docs, piece: int = 8192):
     return share.mean(1).permute(1, 0, 2).numpy(), ratio.mean(1).permute(1, 0, 2).numpy()
 
 
+@torch.no_grad()
+def boundary_breakdown(model, offset: int, length: int = 2048, samples: int = 256, seed: int = 5) -> dict:
+    """Answers that cross a segment boundary (question at ``offset`` >= N - 4 of its segment): the digit
+    predicted at the first position of the new segment, whose local attention sees only the digit just
+    written, split by whether that digit occurs again in the passkey (then "the digit after it in the
+    needle" is ambiguous for a read without recency). Teacher-forced in PyTorch (equal to greedy
+    decoding up to the first error), middle depth."""
+    N = model.config.attn.segment_len
+    rng = np.random.default_rng([seed, offset])
+    tok, tgt, mask, docs = data.training_batch(rng, samples, data.prompt_length(length, N, offset),
+                                               np.full(samples, 0.5))
+    logits, _ = model(torch.from_numpy(tok))
+    ok = (logits.argmax(-1).numpy() == tgt)[mask].reshape(samples, data.N_DIGITS)
+    j = N - offset  # 0-based index of the digit predicted at the new segment's first position
+    keys = np.stack([d.answer for d in docs])
+    repeated = np.array([keys[b, j - 1] in np.delete(keys[b], j - 1) for b in range(samples)])
+    return {"offset": offset, "digit": j + 1, "all_digits": float(ok.all(1).mean()), "digit_acc": float(ok[:, j].mean()),
+            "repeated": (int(ok[repeated, j].sum()), int(repeated.sum())),
+            "unique": (int(ok[~repeated, j].sum()), int((~repeated).sum()))}
+
+
 def main(argv=None) -> int:
     from infini_attention.torch_impl import InfiniTransformerLM
 
@@ -90,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--boundary", action="store_true",
+                   help="also break down answers that cross a segment boundary (offsets N-4 .. N-1)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config, params, _ = load_checkpoint(args.checkpoint or checkpoint_path(args.update))
@@ -104,6 +127,16 @@ def main(argv=None) -> int:
         cells = [f"d{j + 1}: h{h} share {share[j, last, h]:.3f} ratio {ratio[j, last, h]:.1e}"
                  for j, h in enumerate(best)]
         print(f"{fmt_len(X):>5s}  " + " | ".join(cells))
+    if args.boundary:
+        N = config.attn.segment_len
+        print("answers crossing a segment boundary (2K, middle depth, teacher-forced): the digit predicted at the new "
+              "segment's first position, by whether the digit before it occurs twice in the passkey")
+        for off in range(N - 4, N):
+            r = boundary_breakdown(model, off)
+            (rc, rn), (uc, un) = r["repeated"], r["unique"]
+            print(f"  question at offset {off}: all 5 digits {r['all_digits']:.2f}; digit {r['digit']} {r['digit_acc']:.2f}"
+                  f" = {rc}/{rn} ({rc / max(rn, 1):.2f}) when its input digit repeats, {uc}/{un} "
+                  f"({uc / max(un, 1):.2f}) when unique")
     return 0
 
 

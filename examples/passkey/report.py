@@ -38,7 +38,7 @@ def markdown(results: dict) -> str:
         lines += [f"## {update} update (`{entry['checkpoint']}`, training length {entry['train_length']}, "
                   f"memory state {entry['state_bytes']:,} bytes)", "",
                   f"Produced by `{entry['command']}` (seed {entry['seed']}, {entry['machine']}; "
-                  f"{sum(c['seconds'] for c in cells) / 60:.0f} min of streaming)"
+                  f"{sum(c['seconds'] for c in cells) / 60:.0f} process-minutes of streaming)"
                   + (f"; the two checks below by `{entry['checks_command']}`." if entry.get("checks_command") else "."),
                   "",
                   "| memory | depth | " + " | ".join(fmt_len(L) for L in lengths) + " |",
