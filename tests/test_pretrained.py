@@ -49,6 +49,26 @@ def test_files_are_what_hf_users_expect(tmp_path):
     assert meta["format"] == "pt" and R.config_from_dict(json.loads(meta["infini_attention_config"])) == LM
 
 
+def test_equal_weights_are_equal_files(tmp_path):
+    # safetensors alone writes its metadata in hash-map order (safetensors issue #584): without the sorted
+    # header, six saves of one model make two or more distinct files (measured before the fix).
+    model = _lm()
+    blobs = set()
+    for i in range(6):
+        model.save_pretrained(tmp_path / str(i))
+        blobs.add((tmp_path / str(i) / "model.safetensors").read_bytes())
+    assert len(blobs) == 1
+    mode = (tmp_path / "0" / "model.safetensors").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask(), oct(mode)  # not mkstemp's 0600
+
+
+def _umask():
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_layer_round_trip_and_lone_file(tmp_path):
     layer = InfiniAttention.from_numpy(ATTN, R.init_params(ATTN, 3), dtype=torch.float32)
     layer.save_pretrained(tmp_path / "layer")

@@ -79,11 +79,18 @@ def parse_config(where: str, data) -> object:
         raise ValueError(f"{where}: {exc}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -103,8 +110,27 @@ def write_file(path, config, tensors: dict) -> Path:
     path = Path(path)
     tensors = _prepare(config, tensors, f"checkpoint {str(path)!r}")
     meta = {"format": "pt", META_FORMAT: FORMAT, META_CONFIG: json.dumps(config.to_dict())}
-    _atomic_write(path, lambda tmp: st.save_file(tensors, tmp, metadata=meta))
+    def write(tmp):
+        st.save_file(tensors, tmp, metadata=meta)
+        _sort_header(tmp)
+
+    _atomic_write(path, write)
     return path
+
+
+def _sort_header(path) -> None:
+    """Rewrite a safetensors header with sorted keys, in place: safetensors writes ``__metadata__`` in
+    hash-map order (safetensors issue #584), so two saves of the same weights would differ in bytes.
+    The sorted header has the same entries, so the same length; it is padded with spaces (valid JSON
+    whitespace, as safetensors pads) to exactly the old length, and the data offsets do not move."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # not expected (the same JSON, reordered); keep safetensors' bytes then
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def save_dir(directory, config, tensors: dict) -> Path:

@@ -91,13 +91,20 @@ def boundary_breakdown(model, offset: int, length: int = 2048, samples: int = 25
     tok, tgt, mask, docs = data.training_batch(rng, samples, data.prompt_length(length, N, offset),
                                                np.full(samples, 0.5))
     logits, _ = model(torch.from_numpy(tok))
-    ok = (logits.argmax(-1).numpy() == tgt)[mask].reshape(samples, data.N_DIGITS)
+    pred = logits.argmax(-1).numpy()[mask].reshape(samples, data.N_DIGITS)
+    ok = pred == tgt[mask].reshape(samples, data.N_DIGITS)
     j = N - offset  # 0-based index of the digit predicted at the new segment's first position
     keys = np.stack([d.answer for d in docs])
     repeated = np.array([keys[b, j - 1] in np.delete(keys[b], j - 1) for b in range(samples)])
+    # a wrong answer there that is the digit after ANOTHER occurrence of the input digit: the read found
+    # the right digit in the needle, but the wrong occurrence of it
+    others = [{int(keys[b, m + 1]) for m in range(data.N_DIGITS - 1) if m != j - 1 and keys[b, m] == keys[b, j - 1]}
+              for b in range(samples)]
+    wrong = repeated & ~ok[:, j]
     return {"offset": offset, "digit": j + 1, "all_digits": float(ok.all(1).mean()), "digit_acc": float(ok[:, j].mean()),
             "repeated": (int(ok[repeated, j].sum()), int(repeated.sum())),
-            "unique": (int(ok[~repeated, j].sum()), int((~repeated).sum()))}
+            "unique": (int(ok[~repeated, j].sum()), int((~repeated).sum())),
+            "other_occurrence": (sum(int(pred[b, j]) in others[b] for b in np.flatnonzero(wrong)), int(wrong.sum()))}
 
 
 def main(argv=None) -> int:
@@ -136,7 +143,8 @@ def main(argv=None) -> int:
             (rc, rn), (uc, un) = r["repeated"], r["unique"]
             print(f"  question at offset {off}: all 5 digits {r['all_digits']:.2f}; digit {r['digit']} {r['digit_acc']:.2f}"
                   f" = {rc}/{rn} ({rc / max(rn, 1):.2f}) when its input digit repeats, {uc}/{un} "
-                  f"({uc / max(un, 1):.2f}) when unique")
+                  f"({uc / max(un, 1):.2f}) when unique; {r['other_occurrence'][0]}/{r['other_occurrence'][1]} of the "
+                  "repeated-digit errors answer the digit after its other occurrence")
     return 0
 
 

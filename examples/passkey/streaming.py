@@ -9,6 +9,7 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,35 +64,47 @@ def _stream_piece(onnx_path: str, threads: int, docs: list):
     return pred, time.perf_counter() - t0
 
 
+class _Piece(NamedTuple):
+    cell: int  # index into the cells
+    start: int  # first document of the cell in this piece
+    docs: list  # the piece's documents (at most PIECE)
+    cost: int  # tokens to stream: the longest pieces go first
+
+
+def _pieces(cells: list) -> list:
+    pieces = []
+    for ci, c in enumerate(cells):
+        for i in range(0, len(c["docs"]), PIECE):
+            docs = c["docs"][i:i + PIECE]
+            pieces.append(_Piece(ci, i, docs, c["length"] * len(docs)))
+    return sorted(pieces, key=lambda p: -p.cost)
+
+
 def run_cells(cells: list, jobs: int, threads: int, progress: bool = True) -> None:
     """Stream every cell (a dict with ``onnx``, ``docs``, ``length``, ``N``, ``labels``, ``describe``) in
     pieces of PIECE documents over ``jobs`` processes, longest first; sets each cell's ``result``."""
-    pieces = [(ci, i) for ci, c in enumerate(cells) for i in range(0, len(c["docs"]), PIECE)]
-    cost = {p: cells[p[0]]["length"] * len(cells[p[0]]["docs"][p[1]:p[1] + PIECE]) for p in pieces}
-    pieces.sort(key=lambda p: -cost[p])
-    preds, secs, left = {}, {}, {ci: -(-len(c["docs"]) // PIECE) for ci, c in enumerate(cells)}
-    bar = _bar(sum(cost.values()), progress)
+    pieces = _pieces(cells)
+    done = {ci: {} for ci in range(len(cells))}  # cell -> {start: (answers, seconds)}
+    bar = _bar(sum(p.cost for p in pieces), progress)
 
-    def finished(p, pred, seconds):
-        ci = p[0]
-        preds[p], secs[p] = pred, seconds
-        left[ci] -= 1
-        bar.update(cost[p])
-        if left[ci] == 0:
-            c, own = cells[ci], sorted(q for q in preds if q[0] == ci)
-            c["result"] = score_cell(c["docs"], np.concatenate([preds[q] for q in own]),
-                                     sum(secs[q] for q in own), c["length"], c["N"])
+    def finished(p: _Piece, pred, seconds):
+        done[p.cell][p.start] = pred, seconds
+        bar.update(p.cost)
+        c = cells[p.cell]
+        if len(done[p.cell]) * PIECE >= len(c["docs"]):  # the cell's last piece
+            own = [done[p.cell][i] for i in sorted(done[p.cell])]
+            c["result"] = score_cell(c["docs"], np.concatenate([a for a, _ in own]),
+                                     sum(s for _, s in own), c["length"], c["N"])
             c["result"].update(c["labels"])
             bar.write(c["describe"](c["result"]))
 
     if jobs == 1:
         for p in pieces:
-            finished(p, *_stream_piece(str(cells[p[0]]["onnx"]), threads, cells[p[0]]["docs"][p[1]:p[1] + PIECE]))
+            finished(p, *_stream_piece(str(cells[p.cell]["onnx"]), threads, p.docs))
     else:
         # spawn, not fork: the parent holds torch and ONNX Runtime thread pools from the exports
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_stream_piece, str(cells[p[0]]["onnx"]), threads,
-                                   cells[p[0]]["docs"][p[1]:p[1] + PIECE]): p for p in pieces}
+            futures = {pool.submit(_stream_piece, str(cells[p.cell]["onnx"]), threads, p.docs): p for p in pieces}
             for fut in as_completed(futures):
                 finished(futures[fut], *fut.result())
     bar.close()
