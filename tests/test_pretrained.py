@@ -59,7 +59,7 @@ def test_equal_weights_are_equal_files(tmp_path):
         blobs.add((tmp_path / str(i) / "model.safetensors").read_bytes())
     assert len(blobs) == 1
     mode = (tmp_path / "0" / "model.safetensors").stat().st_mode & 0o777
-    assert mode == 0o666 & ~_umask(), oct(mode)  # not mkstemp's 0600
+    assert mode == 0o666 & ~_umask(), oct(mode)  # not the 0600 that mkstemp and safetensors give
 
 
 def _umask():

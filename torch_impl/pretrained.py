@@ -11,6 +11,7 @@ files are written to a temp name and renamed: a failed save leaves nothing behin
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -79,10 +80,12 @@ def parse_config(where: str, data) -> object:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+@functools.cache
+def _file_mode() -> int:
+    """What ``open()`` would give a new file: 0666 less the umask (read once: reading it means setting it)."""
+    mask = os.umask(0o22)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -90,7 +93,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model is as readable as any file
+        os.chmod(tmp, _file_mode())  # mkstemp (and safetensors) make 0600; a saved model is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -110,6 +113,7 @@ def write_file(path, config, tensors: dict) -> Path:
     path = Path(path)
     tensors = _prepare(config, tensors, f"checkpoint {str(path)!r}")
     meta = {"format": "pt", META_FORMAT: FORMAT, META_CONFIG: json.dumps(config.to_dict())}
+
     def write(tmp):
         st.save_file(tensors, tmp, metadata=meta)
         _sort_header(tmp)
