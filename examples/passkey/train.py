@@ -278,9 +278,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out = Path(args.out or checkpoint_path(args.update)).with_suffix(".safetensors")
-    log_path = args.log or RESULTS_DIR / f"train_{args.update}.json"
-    if Path(log_path).resolve() == out.with_suffix(".json").resolve():  # refused before minutes of training
+    out = Path(args.out or checkpoint_path(args.update))
+    log_path = Path(args.log or RESULTS_DIR / f"train_{args.update}.json")
+    if log_path.resolve() == out.with_suffix(".json").resolve():  # refused before minutes of training
         print(f"--log: expected a path other than the checkpoint's sidecar {str(out.with_suffix('.json'))!r}, "
               f"got {str(log_path)!r}", file=sys.stderr)
         return 2
@@ -291,7 +291,6 @@ def main(argv=None) -> int:
     meta["command"] = "python -m examples.passkey.train " + " ".join(argv or sys.argv[1:])
     meta["final"] = log["history"][-1] if log["history"] else {}
     out = save_checkpoint(out, model.config, model.numpy_params(), meta)  # safetensors (.npz -> .safetensors)
-    log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in log["args"].items()}
     log_path.write_text(json.dumps(log, indent=1))
